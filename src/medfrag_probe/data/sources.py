@@ -1,0 +1,246 @@
+"""Data sources: every spec (`imagefolder:`, `manifest:`, `medmnist:`, `synth:`) becomes a `DataSource`.
+
+A source is a list of `Sample` records plus a way to load sample `i` as an RGB image. Sample ids are stable
+strings (relative paths, or `split/index` for arrays) and everything downstream joins on them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+from ..specs import Spec, parse_spec
+from .images import has_image_suffix, load_image, to_rgb
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "test": "test", "testing": "test"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a data source; `group` is the patient (or the id itself), `split` is '' when none."""
+
+    id: str
+    label: int
+    group: str
+    split: str = ""
+    path: str = ""
+
+
+class DataSource:
+    """A labelled image collection; subclasses fill `samples`, `classes` and implement `image`."""
+
+    spec: str
+    classes: tuple[str, ...]
+    samples: list[Sample]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, index: int) -> Image.Image:
+        """The RGB image of sample `index`; raises `ImageError` when it cannot be decoded."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """SHA-256 over class names, ids and labels: two sources with the same fingerprint label the same images."""
+        digest = hashlib.sha256(json.dumps(self.classes).encode())
+        for sample in self.samples:
+            digest.update(f"{sample.id}\t{sample.label}\n".encode())
+        return digest.hexdigest()[:16]
+
+    @property
+    def has_splits(self) -> bool:
+        """Whether every sample carries its own train/val/test split."""
+        return bool(self.samples) and all(s.split for s in self.samples)
+
+
+SOURCES: dict[str, Callable[[Spec], DataSource]] = {}
+
+
+def register_source(kind: str):
+    """Decorator adding a source factory under its spec prefix."""
+    def wrap(factory):
+        SOURCES[kind] = factory
+        return factory
+    return wrap
+
+
+def open_source(spec: str) -> DataSource:
+    """Open a data spec such as `imagefolder:DIR`, `manifest:FILE.csv` or `synth:brain-mri?n=200`."""
+    from . import synth  # noqa: F401  (registers synth:)
+
+    parsed = parse_spec(spec, kinds=set(SOURCES), what="data")
+    source = SOURCES[parsed.kind](parsed)
+    if not source.samples:
+        raise UserError(f"data source {spec!r} holds no samples")
+    _check_splits(source)
+    return source
+
+
+def _check_splits(source: DataSource) -> None:
+    marked = sum(1 for s in source.samples if s.split)
+    if 0 < marked < len(source.samples):
+        raise UserError(f"{source.spec}: {marked} of {len(source.samples)} samples have a split; give all or none")
+
+
+def _normal_split(value: str, where: str) -> str:
+    value = (value or "").strip().lower()
+    if not value:
+        return ""
+    if value not in _SPLIT_ALIASES:
+        raise UserError(f"{where}: unknown split {value!r}; valid: {', '.join(SPLITS)} (or empty)")
+    return _SPLIT_ALIASES[value]
+
+
+class FileSource(DataSource):
+    """Samples that are image files on disk (imagefolder and manifest)."""
+
+    def __init__(self, spec: Spec, root: Path, samples: list[Sample], classes: tuple[str, ...]):
+        self.spec, self.root, self.samples, self.classes = spec.text, root, samples, classes
+        self.nifti_slice = spec.get("slice", None, int)
+
+    def image(self, index: int) -> Image.Image:
+        return load_image(self.root / self.samples[index].path, nifti_slice=self.nifti_slice)
+
+
+@register_source("imagefolder")
+def imagefolder(spec: Spec) -> DataSource:
+    """`imagefolder:DIR`: DIR/CLASS/* or DIR/{train,val,test}/CLASS/*; ids are paths relative to DIR."""
+    spec.check_params({"slice"})
+    root = Path(spec.target).expanduser()
+    if not root.is_dir():
+        raise UserError(f"imagefolder: {root} is not a directory")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_dirs = [p for p in subdirs if p.name.lower() in _SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) == len(subdirs):
+        class_names = sorted({c.name for d in split_dirs for c in d.iterdir() if c.is_dir()})
+        groups = [(_normal_split(d.name, spec.text), d) for d in split_dirs]
+    else:
+        class_names = [p.name for p in subdirs]
+        groups = [("", root)]
+    if not class_names:
+        raise UserError(f"imagefolder: {root} has no class sub-folders (expected DIR/CLASS/IMAGE)")
+    index = {name: i for i, name in enumerate(class_names)}
+    samples = []
+    for split, base in groups:
+        for name in class_names:
+            folder = base / name
+            files = sorted(f for f in folder.rglob("*") if f.is_file() and has_image_suffix(f)) if folder.is_dir() else []
+            for f in files:
+                rel = f.relative_to(root).as_posix()
+                samples.append(Sample(id=rel, label=index[name], group=rel, split=split, path=rel))
+    return FileSource(spec, root, samples, tuple(class_names))
+
+
+@register_source("manifest")
+def manifest(spec: Spec) -> DataSource:
+    """`manifest:FILE.csv|.jsonl` with columns path,label[,group][,split][,id]; paths relative to the file."""
+    spec.check_params({"slice"})
+    path = Path(spec.target).expanduser()
+    if not path.is_file():
+        raise UserError(f"manifest: file {path} not found")
+    rows = _read_rows(path)
+    if not rows:
+        raise UserError(f"manifest {path} has no rows")
+    missing = [c for c in ("path", "label") if c not in rows[0]]
+    if missing:
+        raise UserError(f"manifest {path} lacks column {missing[0]!r}; columns: path,label[,group][,split][,id]; "
+                        f"found: {','.join(rows[0])}")
+    class_names = _class_names([str(r["label"]).strip() for r in rows], path)
+    index = {name: i for i, name in enumerate(class_names)}
+    samples, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        rel = str(row["path"]).strip()
+        sid = str(row.get("id") or rel).strip()
+        if not rel:
+            raise UserError(f"manifest {path} row {line}: empty path")
+        if sid in seen:
+            raise UserError(f"manifest {path} row {line}: duplicate sample id {sid!r}")
+        seen.add(sid)
+        group = str(row.get("group") or "").strip() or sid
+        split = _normal_split(str(row.get("split") or ""), f"manifest {path} row {line}")
+        samples.append(Sample(id=sid, label=index[str(row["label"]).strip()], group=group, split=split, path=rel))
+    return FileSource(spec, path.parent, samples, tuple(class_names))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"manifest {path} line {n}: not valid JSON ({exc.msg})") from None
+        return rows
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"manifest {path}: unknown format {path.suffix!r}; valid: .csv, .jsonl")
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _class_names(labels: list[str], path: Path) -> list[str]:
+    empty = [i for i, lab in enumerate(labels) if not lab]
+    if empty:
+        raise UserError(f"manifest {path} row {empty[0] + 2}: empty label")
+    names = sorted(set(labels))
+    if all(n.lstrip("-").isdigit() for n in names):
+        names.sort(key=int)
+    return names
+
+
+class ArraySource(DataSource):
+    """Samples held in memory as a uint8 array (MedMNIST npz)."""
+
+    def __init__(self, spec: Spec, images: np.ndarray, samples: list[Sample], classes: tuple[str, ...]):
+        self.spec, self.images, self.samples, self.classes = spec.text, images, samples, classes
+
+    def image(self, index: int) -> Image.Image:
+        from .images import array_to_rgb
+
+        return to_rgb(array_to_rgb(self.images[index]))
+
+
+@register_source("medmnist")
+def medmnist(spec: Spec) -> DataSource:
+    """`medmnist:FILE.npz[?classes=a,b,..]`: MedMNIST `{train,val,test}_{images,labels}`; ids are `split/index`."""
+    spec.check_params({"classes"})
+    path = Path(spec.target).expanduser()
+    if not path.is_file():
+        raise UserError(f"medmnist: file {path} not found")
+    with np.load(path, allow_pickle=False) as npz:
+        parts = [s for s in SPLITS if f"{s}_images" in npz]
+        if not parts:
+            raise UserError(f"medmnist {path}: no train_images/val_images/test_images keys; found: {', '.join(npz)}")
+        arrays = [(s, npz[f"{s}_images"], npz[f"{s}_labels"]) for s in parts]
+    labels = np.concatenate([_medmnist_labels(lab, path) for _, _, lab in arrays])
+    images = np.concatenate([img for _, img, _ in arrays])
+    ids = [f"{s}/{i}" for s, img, _ in arrays for i in range(len(img))]
+    splits = [s for s, img, _ in arrays for _ in range(len(img))]
+    n_classes = int(labels.max()) + 1
+    names = tuple(spec.get("classes", "", str).split(",")) if "classes" in spec.params else tuple(
+        str(i) for i in range(n_classes))
+    if len(names) < n_classes:
+        raise UserError(f"medmnist {path}: labels go up to {n_classes - 1} but {len(names)} class names were given")
+    samples = [Sample(id=i, label=int(lab), group=i, split=s) for i, lab, s in zip(ids, labels, splits)]
+    return ArraySource(spec, images, samples, names)
+
+
+def _medmnist_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise UserError(f"medmnist {path}: multi-label targets ({labels.shape[1]} columns) are not supported; "
+                        "give a single-label task")
+    labels = labels.reshape(-1)
+    if labels.size and labels.min() < 0:
+        raise UserError(f"medmnist {path}: negative label {labels.min()}")
+    return labels.astype(np.int64)

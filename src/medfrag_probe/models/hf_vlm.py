@@ -1,0 +1,119 @@
+"""Base adapter for transformers vision-language models (vision tower -> projector -> language model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Adapter, Point, PointBatch, find_module
+from .hf_common import LM_CANDIDATES, load_pretrained, lm_points, vision_only_config, vit_tower_points
+
+PROJECTOR_ORDER = 900
+
+
+@dataclass
+class HFVLMAdapter(Adapter):
+    """A `*ForConditionalGeneration` VLM; subclasses name the class, the tower family and what the LM reads."""
+
+    model_class = ""
+    tower_family = "clip"
+
+    @classmethod
+    def load(cls, target: str, *, spec: str, vision_only: bool, dtype: torch.dtype, trust_remote_code: bool = False):
+        """Load model and processor from a hub id or checkpoint directory."""
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
+        lm_layers = config.text_config.num_hidden_layers
+        if vision_only:
+            config = vision_only_config(config)
+        klass = getattr(transformers, cls.model_class)
+        model = load_pretrained(klass, target, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+                                vision_only=vision_only)
+        processor = transformers.AutoProcessor.from_pretrained(target, trust_remote_code=trust_remote_code)
+        adapter = cls(spec=spec, model=model, processor=processor, loaded="vision" if vision_only else "full")
+        adapter.info["lm_layers"] = lm_layers
+        return adapter
+
+    def __post_init__(self):
+        self.base = find_module(self.model, ("model", ""), what="base model")
+        self.tower, self.projector = self.find_parts()
+        points = self.vision_points()
+        points.append(self.projector_point())
+        if self.loaded == "full":
+            points += lm_points(find_module(self.model, LM_CANDIDATES, what="language model"))
+        self.points = {p.name: p for p in points}
+        self.reads_point = self.find_reads_point()
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"
+
+    def find_parts(self):
+        """The vision tower and the multimodal projector modules."""
+        tower = find_module(self.model, ("model.vision_tower", "vision_tower"), what="vision tower")
+        projector = find_module(self.model, ("model.multi_modal_projector", "multi_modal_projector"),
+                                what="multimodal projector")
+        return tower, projector
+
+    def projector_point(self) -> Point:
+        """The projector's output: image tokens in the language model's space."""
+        return Point("projector", self.projector, "seq", order=PROJECTOR_ORDER, stage="projector")
+
+    def vision_points(self) -> list[Point]:
+        """Hook points of the vision tower."""
+        return vit_tower_points(self.tower, family=self.tower_family)
+
+    def find_reads_point(self) -> str:
+        """The vision point whose tokens the projector receives."""
+        return "vision.post"
+
+    def components(self):
+        return {"vision": self.tower, "projector": self.projector}
+
+    @property
+    def image_token_id(self) -> int | None:
+        """Token id marking image positions in `input_ids`."""
+        config = self.model.config
+        for key in ("image_token_id", "image_token_index"):
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+        return None
+
+    def prepare(self, images, prompt=None):
+        if prompt is None:
+            return dict(self.processor.image_processor(images=images, return_tensors="pt"))
+        text = self.format_prompt(prompt)
+        return dict(self.processor(text=[text] * len(images), images=self.images_arg(images),
+                                   return_tensors="pt", padding=True))
+
+    def images_arg(self, images):
+        """How this processor wants a batch of one image per prompt."""
+        return images
+
+    def format_prompt(self, prompt: str) -> str:
+        """The processor's chat template around one image and `prompt`."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def image_inputs(self, inputs: dict) -> dict:
+        """The subset of inputs the vision tower and projector take."""
+        return {"pixel_values": inputs["pixel_values"]}
+
+    def forward(self, inputs, stage):
+        if stage == "vision":
+            self.tower(**self.image_inputs(inputs))
+        elif stage == "projector":
+            self.base.get_image_features(**self.image_inputs(inputs))
+        else:
+            self.base(**inputs)
+        return {}
+
+    def point_batch(self, inputs) -> PointBatch:
+        batch = PointBatch(size=len(inputs["pixel_values"]))
+        if "input_ids" in inputs:
+            batch.size = len(inputs["input_ids"])
+            batch.image_mask = inputs["input_ids"] == self.image_token_id
+            batch.attention_mask = inputs.get("attention_mask")
+        return batch
