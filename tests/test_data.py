@@ -1,0 +1,191 @@
+"""Data sources, image decoding rules, synthetic tasks."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medfrag_probe.data.images import ImageError, array_to_rgb, load_image, to_rgb, window
+from medfrag_probe.data.sources import open_source
+from medfrag_probe.data.synth import TASKS, write_synth
+from medfrag_probe.errors import UserError
+
+
+def _png(path, color=(200, 10, 10), size=(20, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def test_imagefolder_classes_and_ids(tmp_path):
+    for cls in ("normal", "pneumonia"):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png")
+    (tmp_path / "normal" / "notes.txt").write_text("not an image")
+    source = open_source(f"imagefolder:{tmp_path}")
+    assert source.classes == ("normal", "pneumonia")
+    assert [s.id for s in source.samples][:2] == ["normal/0.png", "normal/1.png"]
+    assert [s.label for s in source.samples] == [0, 0, 0, 1, 1, 1]
+    assert not source.has_splits and source.samples[0].group == "normal/0.png"
+    assert source.image(0).mode == "RGB"
+
+
+def test_imagefolder_with_split_level(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            _png(tmp_path / split / cls / "x.png")
+    source = open_source(f"imagefolder:{tmp_path}")
+    assert source.has_splits and {s.split for s in source.samples} == {"train", "test"}
+    assert source.classes == ("a", "b")
+
+
+def test_manifest_csv_and_jsonl_agree(tmp_path):
+    rows = [("img/a.png", "glioma", "p1", "train"), ("img/b.png", "no_tumor", "p1", "train"),
+            ("img/c.png", "glioma", "p2", "test")]
+    for rel, *_ in rows:
+        _png(tmp_path / rel)
+    (tmp_path / "m.csv").write_text("path,label,group,split\n" + "\n".join(",".join(r) for r in rows))
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(dict(zip(("path", "label", "group", "split"), r)))
+                                                for r in rows))
+    a, b = open_source(f"manifest:{tmp_path / 'm.csv'}"), open_source(f"manifest:{tmp_path / 'm.jsonl'}")
+    assert a.samples == b.samples and a.fingerprint() == b.fingerprint()
+    assert a.classes == ("glioma", "no_tumor") and a.samples[1].group == "p1" and a.samples[2].split == "test"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("file,label\nx.png,a\n", "lacks column 'path'"),
+    ("path,label\nx.png,\n", "row 2: empty label"),
+    ("path,label,split\nx.png,a,holdout\n", "unknown split 'holdout'"),
+    ("path,label,id\nx.png,a,s1\ny.png,b,s1\n", "duplicate sample id 's1'"),
+    ("path,label,split\nx.png,a,train\ny.png,b,\n", "give all or none"),
+])
+def test_manifest_errors_name_the_problem(tmp_path, content, message):
+    (tmp_path / "m.csv").write_text(content)
+    with pytest.raises(UserError, match=message):
+        open_source(f"manifest:{tmp_path / 'm.csv'}")
+
+
+def test_medmnist_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "m.npz", train_images=rng.integers(0, 255, (6, 28, 28), dtype=np.uint8),
+             train_labels=np.array([[0], [1], [2], [0], [1], [2]]),
+             test_images=rng.integers(0, 255, (2, 28, 28), dtype=np.uint8), test_labels=np.array([[1], [0]]))
+    source = open_source(f"medmnist:{tmp_path / 'm.npz'}?classes=a,b,c")
+    assert source.classes == ("a", "b", "c") and len(source) == 8
+    assert source.samples[6].id == "test/0" and source.samples[6].split == "test" and source.samples[6].label == 1
+    assert source.image(0).size == (28, 28) and source.image(7).mode == "RGB"
+
+
+def test_medmnist_multilabel_refused(tmp_path):
+    np.savez(tmp_path / "m.npz", train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.zeros((2, 14)))
+    with pytest.raises(UserError, match="multi-label"):
+        open_source(f"medmnist:{tmp_path / 'm.npz'}")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nope:x", "unknown data kind 'nope'"), ("synth:liver", "unknown synth task 'liver'"),
+    ("synth:brain-mri?n=0", "n must be >= 1"), ("synth:brain-mri?difficulty=2", "difficulty must be in"),
+    ("synth:brain-mri?colour=red", "unknown parameter 'colour'"), ("imagefolder:/no/such/dir", "not a directory"),
+    ("brain-mri", "no kind prefix"),
+])
+def test_bad_data_specs(spec, message):
+    with pytest.raises(UserError, match=message):
+        open_source(spec)
+
+
+def test_synth_is_deterministic_with_patient_groups():
+    a = open_source("synth:chest-xray?n=12&seed=3&size=32")
+    b = open_source("synth:chest-xray?n=12&seed=3&size=32")
+    c = open_source("synth:chest-xray?n=12&seed=4&size=32")
+    assert all(np.array_equal(a.array(i), b.array(i)) for i in range(12))
+    assert not all(np.array_equal(a.array(i), c.array(i)) for i in range(12))
+    groups = {}
+    for s in a.samples:
+        groups.setdefault(s.group, set()).add(s.label)
+    assert len(groups) == 3 and all(len(labels) == 1 for labels in groups.values())  # label constant per patient
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_synth_class_signal_shrinks_with_difficulty(task):
+    """Cross-validated accuracy on simple image statistics is high at difficulty 0 and lower at difficulty 1."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    def accuracy(difficulty):
+        source = open_source(f"synth:{task}?n=120&per_patient=1&size=48&difficulty={difficulty}")
+        feats = np.stack([_stats(source.array(i)) for i in range(len(source))])
+        labels = np.array([s.label for s in source.samples])
+        feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-9)
+        return cross_val_score(LogisticRegression(max_iter=2000), feats, labels, cv=4).mean()
+    easy, hard = accuracy(0.0), accuracy(1.0)
+    assert easy > hard and easy > 0.75
+
+
+def _stats(img):
+    grey = img.astype(float).mean(-1)
+    gy, gx = np.gradient(grey)
+    edges = np.hypot(gx, gy)
+    quadrants = [q.mean() for half in np.array_split(grey, 3) for q in np.array_split(half, 3, axis=1)]
+    return np.array([*img.reshape(-1, 3).mean(0), *img.reshape(-1, 3).std(0), edges.mean(), edges.std(),
+                     (grey < 90).mean(), *quadrants, np.percentile(grey, 99)])
+
+
+def test_write_synth_roundtrip(tmp_path):
+    manifest = write_synth("dermoscopy", tmp_path, n=6, size=32, per_patient=2)
+    source = open_source(f"manifest:{manifest}")
+    direct = open_source("synth:dermoscopy?n=6&size=32&per_patient=2")
+    assert [s.id for s in source.samples] == [s.id for s in direct.samples]
+    assert [s.group for s in source.samples] == [s.group for s in direct.samples]
+    assert np.array_equal(np.asarray(source.image(0)), direct.array(0))
+    assert len(list(tmp_path.glob("*/*.png"))) == 6
+
+
+def test_sixteen_bit_scaled_by_own_range():
+    arr = np.array([[1000, 2000], [3000, 5000]], dtype=np.uint16)
+    out = np.asarray(to_rgb(Image.fromarray(arr)))
+    assert out[0, 0].tolist() == [0, 0, 0] and out[1, 1].tolist() == [255, 255, 255]
+    assert out[0, 1, 0] == round(1000 * 255 / 4000)
+
+
+def test_alpha_composited_on_black_and_palette_expanded():
+    rgba = Image.new("RGBA", (2, 1), (255, 255, 255, 0))
+    rgba.putpixel((1, 0), (255, 0, 0, 255))
+    out = np.asarray(to_rgb(rgba))
+    assert out[0, 0].tolist() == [0, 0, 0] and out[0, 1].tolist() == [255, 0, 0]
+    pal = Image.new("P", (1, 1))
+    pal.putpalette([10, 20, 30] + [0] * 765)
+    assert np.asarray(to_rgb(pal))[0, 0].tolist() == [10, 20, 30]
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert load_image(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_float_with_nan_and_constant_images():
+    arr = np.array([[np.nan, 0.0], [0.5, 1.0]], dtype=np.float32)
+    out = np.asarray(array_to_rgb(arr))[..., 0]
+    assert out.tolist() == [[0, 0], [128, 255]]
+    assert np.asarray(array_to_rgb(np.full((3, 3), 7.0))).max() == 0
+
+
+def test_dicom_window_rule():
+    values = np.array([0.0, 40.0, 80.0, 200.0])
+    assert window(values, 40, 80).tolist() == [0, 129, 255, 255]  # (40 - 39.5) / 79 + 0.5 -> 129
+
+
+def test_unreadable_files_raise_image_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.jpg").write_text("hello")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "PNG")
+    (tmp_path / "c.png").write_bytes(buf.getvalue()[:60])
+    for name in ("a.png", "b.jpg", "c.png"):
+        with pytest.raises(ImageError):
+            load_image(tmp_path / name)
