@@ -37,7 +37,7 @@ app.add_typer(cache_cmd.app, name="cache")
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes print one line and exit 2; anything else is a bug (exit 1, traceback)."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; finished batches are kept and a re-run resumes", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # usage errors of typer's (vendored) click: a bad option or value is a user mistake
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             typer.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(130)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
