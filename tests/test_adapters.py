@@ -50,7 +50,7 @@ def test_registry_covers_every_architecture_family():
                 "siglip", "auto", "open_clip", "timm"}
     assert expected <= set(ARCHITECTURES)
     for cls in ARCHITECTURES.values():
-        assert callable(getattr(cls, "load")) and cls.__doc__
+        assert callable(cls.load) and cls.__doc__
 
 
 def test_clip_points_equal_hidden_states(synth_images):

@@ -25,8 +25,16 @@ import torch
 
 from . import __version__
 from ._log import info, is_quiet
-from .cache import CacheMeta, SCHEMA, SCHEMA_VERSION, attempted_in_parts, check_existing, consolidate, start_parts, \
-    write_part
+from .cache import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    CacheMeta,
+    attempted_in_parts,
+    check_existing,
+    consolidate,
+    start_parts,
+    write_part,
+)
 from .data.images import ImageError
 from .data.sources import DataSource, open_source
 from .errors import UserError
@@ -147,7 +155,8 @@ def _run(adapter, source, chosen, meta, *, out, batch_size, device, dtype, worke
     _extract_batches(adapter, source, chosen, meta.plan, batches, parts, device=device, dtype=dtype,
                      workers=workers, prompt=prompt, store=STORE_DTYPES[meta.attrs["store_dtype"]])
     seconds = time.perf_counter() - start
-    failures = consolidate(out, meta, source.samples, source.classes, previous=out if previous_done is not None else None)
+    previous = out if previous_done is not None else None
+    failures = consolidate(out, meta, source.samples, source.classes, previous=previous)
     failed = {source.samples[i].id: reason for i, reason in sorted(failures.items())}
     return ExtractResult(path=out, samples=len(source), extracted=todo - len(failed), skipped=len(source) - todo,
                          failed=failed, seconds=seconds)
@@ -255,7 +264,7 @@ def capture(adapter: Adapter, chosen: list[Point], inputs: dict) -> dict[str, to
         hooked = [p for p in group if p.module is not None]
         stop = None if len(hooked) < len(group) else group[-1].name
         with trace(hooked, stop_after=stop) as got:
-            extra = run_traced(lambda: adapter.forward(inputs, stage)) or {}
+            extra = run_traced(lambda stage=stage: adapter.forward(inputs, stage)) or {}
         captured.update(got)
         captured.update({k: v for k, v in extra.items() if any(p.name == k for p in group)})
     missing = [p.name for p in chosen if p.name not in captured]

@@ -134,7 +134,8 @@ def imagefolder(spec: Spec) -> DataSource:
     for split, base in groups:
         for name in class_names:
             folder = base / name
-            files = sorted(f for f in folder.rglob("*") if f.is_file() and has_image_suffix(f)) if folder.is_dir() else []
+            found = folder.rglob("*") if folder.is_dir() else []
+            files = sorted(f for f in found if f.is_file() and has_image_suffix(f))
             for f in files:
                 rel = f.relative_to(root).as_posix()
                 samples.append(Sample(id=rel, label=index[name], group=rel, split=split, path=rel))

@@ -187,7 +187,8 @@ class SynthSource(DataSource):
 
     def _validate(self, splits: int) -> None:
         checks = [(self.n >= 1, "n must be >= 1"), (0 <= self.difficulty <= 1, "difficulty must be in [0, 1]"),
-                  (8 <= self.size <= 1024, "size must be in 8..1024"), (self.per_patient >= 1, "per_patient must be >= 1"),
+                  (8 <= self.size <= 1024, "size must be in 8..1024"),
+                  (self.per_patient >= 1, "per_patient must be >= 1"),
                   (splits in (0, 1), "splits must be 0 or 1")]
         for ok, message in checks:
             if not ok:

@@ -31,7 +31,8 @@ class GenericAdapter(Adapter):
         return cls(spec=spec, model=model, processor=processor, loaded="vision")
 
     def __post_init__(self):
-        blocks = find_module(self.model, BLOCK_PATHS, what="block list", required=False) or largest_module_list(self.model)
+        blocks = find_module(self.model, BLOCK_PATHS, what="block list", required=False)
+        blocks = blocks if blocks is not None else largest_module_list(self.model)
         self.prefix, has_cls = prefix_tokens(self.model)
         size = self.dry_run_size()
         shapes = self.dry_run(blocks, size)

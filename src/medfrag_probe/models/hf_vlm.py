@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Adapter, Point, PointBatch, find_module
-from .hf_common import LM_CANDIDATES, load_pretrained, lm_points, vision_only_config, vit_tower_points
+from .hf_common import LM_CANDIDATES, lm_points, load_pretrained, vision_only_config, vit_tower_points
 
 PROJECTOR_ORDER = 900
 

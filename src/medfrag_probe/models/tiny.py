@@ -172,7 +172,8 @@ def _tiny_llava_med(out: Path) -> str:
     state["lm_head.weight"] = model.lm_head.weight
     for ours, theirs in (("linear_1", "0"), ("linear_2", "2")):
         for part in ("weight", "bias"):
-            state[f"model.mm_projector.{theirs}.{part}"] = getattr(model.model.multi_modal_projector, ours)._parameters[part]
+            layer = getattr(model.model.multi_modal_projector, ours)
+            state[f"model.mm_projector.{theirs}.{part}"] = getattr(layer, part)
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(out / "model.safetensors"))
     text = model.config.text_config.to_dict()
     raw = {k: text[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
