@@ -233,3 +233,21 @@ def test_llava_med_original_layout_equals_transformers_llava(synth_images):
     for name in names - {"lm.block.01"}:
         torch.testing.assert_close(a[name], b[name], atol=ATOL, rtol=0)
     assert a["lm.block.01"].shape[0] == 2 and torch.isfinite(a["lm.block.01"]).all()
+
+
+def test_bare_clip_vision_model_derived_post_and_pooled(tmp_path, synth_images):
+    """A CLIPVisionModel checkpoint: vision.post (derived) and vision.pooled share post_layernorm."""
+    import transformers
+
+    from medfrag_probe.models.tiny import _clip_vision
+
+    torch.manual_seed(0)
+    transformers.CLIPVisionModel(_clip_vision()).save_pretrained(tmp_path)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path)
+    adapter = load_adapter(f"hf:{tmp_path}")
+    inputs, captured, batch = _run(adapter, synth_images[:2])
+    ref = adapter.model(pixel_values=inputs["pixel_values"])
+    assert captured["vision.post"].shape[1] == 17
+    torch.testing.assert_close(_pooled(adapter, captured, batch, "vision.post", "cls"), ref.pooler_output)
+    torch.testing.assert_close(_pooled(adapter, captured, batch, "vision.pooled", "vector"), ref.pooler_output)

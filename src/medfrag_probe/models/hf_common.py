@@ -44,7 +44,8 @@ def vit_tower_points(tower: nn.Module, *, family: str, projection: nn.Module | N
 
 def _apply(module: nn.Module):
     def select(value: torch.Tensor) -> torch.Tensor:
-        return module(value).detach()
+        # .forward, not __call__: the module's own hooks (it may be another point, even the stop point) must not fire
+        return module.forward(value).detach()
     return select
 
 
