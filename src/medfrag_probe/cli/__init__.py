@@ -9,7 +9,7 @@ import typer
 from .. import __version__
 from .._log import set_quiet
 from ..errors import UserError
-from . import cache_cmd, extract_cmd, models_cmd, synth_cmd
+from . import cache_cmd, extract_cmd, models_cmd, probe_cmd, synth_cmd
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Find whether a vision-language model fails in what it sees or in what it does with it.")
@@ -31,6 +31,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 models_cmd.register(app)
 extract_cmd.register(app)
 synth_cmd.register(app)
+probe_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache")
 
 

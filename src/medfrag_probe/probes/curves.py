@@ -1,0 +1,75 @@
+"""Learning curves: probe score against the number of training samples per class, on the same folds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import EmbeddingCache
+from .estimators import PROBES
+from .metrics import bootstrap_scores, bootstrap_weights, interval, point_scores
+
+SIZES = (1, 2, 4, 8, 16, 32, None)  # None: the whole training fold
+
+
+def learning_curves(cache_path, points: list[tuple[str, str]], *, probes=("linear", "knn"), sizes=SIZES,
+                    folds: int = 5, seed: int = 0, replicates: int = 1000, device: str = "cpu",
+                    out: str | Path | None = None) -> list[dict]:
+    """For each (point, pooling) and probe: out-of-fold balanced accuracy when each training fold keeps at most
+    `n` samples per class (drawn with a fixed seed). Linear probes on fewer than 6 samples per class use C = 1."""
+    from .figures import learning_curve_figure
+    from .run import _task
+
+    task = _task(EmbeddingCache(cache_path), folds=folds, seed=seed)
+    K = len(task.names)
+    rows = []
+    for point, pooling in points:
+        X = task.cache.load(point, pooling, rows=task.rows).reshape(len(task.rows), -1)
+        for name in probes:
+            for size in sizes:
+                proba = _curve_oof(task, X, name, size, seed=seed, device=device)
+                keep = task.eval_rows
+                y, p = task.labels[keep], proba[keep]
+                boot = bootstrap_scores(y, p, bootstrap_weights(task.groups[keep], replicates=replicates), K)
+                per_class = size or int(np.bincount(task.labels[task.plan.folds[0].train]).max())
+                rows.append({"cache": str(cache_path), "point": point, "pooling": pooling, "probe": name,
+                             "per_class": per_class, "all": size is None, "chance": 1 / K,
+                             "balanced_accuracy": point_scores(y, p, K)["balanced_accuracy"],
+                             "ci": interval(boot["balanced_accuracy"])})
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".curves.jsonl.{os.getpid()}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, out / f"curves__{Path(cache_path).stem}.jsonl")
+        learning_curve_figure(rows, out / f"curves__{Path(cache_path).stem}.png")
+    return rows
+
+
+def _curve_oof(task, X, name, size, *, seed, device) -> np.ndarray:
+    K = len(task.names)
+    proba = np.zeros((len(X), K), np.float32)
+    rng = np.random.default_rng(seed)
+    for fold in task.plan.folds:
+        train = _subsample(fold.train, task.labels, size, rng)
+        kwargs = {}
+        if name == "linear":
+            small = np.bincount(task.labels[train]).min() < 6
+            model = PROBES[name](device=device, **({"Cs": (1.0,)} if small else {}))
+            kwargs = {} if small else {"groups": task.groups[train]}
+        else:
+            model = PROBES[name](device=device)
+        model.fit(X[train], task.labels[train], **kwargs)
+        present = np.unique(task.labels[train])
+        proba[np.ix_(fold.test, present)] = model.predict_proba(X[fold.test])
+    return proba
+
+
+def _subsample(train: np.ndarray, labels: np.ndarray, size: int | None, rng) -> np.ndarray:
+    if size is None:
+        return train
+    picked = [rng.permutation(train[labels[train] == c])[:size] for c in np.unique(labels[train])]
+    return np.sort(np.concatenate(picked))

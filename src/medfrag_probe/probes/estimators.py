@@ -1,0 +1,239 @@
+"""Probes as scikit-learn estimators: `LinearProbe` (nested choice of C) and `KNNProbe` (cosine, softmax votes).
+
+Both follow the estimator contract: `__init__` stores keyword arguments, learned state ends in `_`, `fit` returns
+self, and they work with `clone`, pipelines and `cross_val_score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .solver import logistic_path
+
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 8))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """Standardise (fit on the training rows), L2 logistic regression (L-BFGS), C chosen by inner group CV, refit.
+
+    With `fit(X, y, groups=...)` C is chosen by `inner_folds`-fold stratified group CV on the training rows (accuracy,
+    ties to the stronger regularisation); with `fit(X, y, X_val=..., y_val=...)` it is chosen on the given validation
+    rows. A single value in `Cs` skips the search. The grid is walked from strong to weak regularisation with warm
+    starts, and the walk stops once the held-out score has stayed below its best for `patience` consecutive values
+    (`patience=None` walks the whole grid): the weakly regularised end is the slow one and rarely wins.
+
+        probe = LinearProbe().fit(X_train, y_train, groups=patients)
+        probe.C_, probe.predict_proba(X_test)
+    """
+
+    def __init__(self, *, Cs: Sequence[float] = DEFAULT_CS, inner_folds: int = 3, max_iter: int = 500,
+                 tol: float = 1e-4, patience: int | None = 2, device: str = "cpu", random_state: int = 0):
+        self.Cs = Cs
+        self.inner_folds = inner_folds
+        self.max_iter = max_iter
+        self.tol = tol
+        self.patience = patience
+        self.device = device
+        self.random_state = random_state
+
+    def fit(self, X, y, groups=None, X_val=None, y_val=None, folds=None):
+        """Fit on (X, y); returns self. `folds` are precomputed inner (train, test) index pairs (optional)."""
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError("LinearProbe needs at least 2 classes in the training rows")
+        self.mean_ = X.mean(0)
+        self.scale_ = X.std(0)
+        self.scale_[self.scale_ == 0] = 1.0
+        Cs = sorted(float(c) for c in self.Cs)
+        rows, masks, checks = self._problems(X, codes, groups, X_val, y_val, len(Cs), folds)
+        dev = _device(self.device)
+        Xt = torch.from_numpy((rows - self.mean_) / self.scale_).to(dev)
+        yt = torch.from_numpy(np.concatenate([codes, checks[1]]) if checks[1] is not None else codes).to(dev)
+        path, scores = [], []
+        for W, b in logistic_path(Xt, yt.long(), torch.from_numpy(masks).to(dev), Cs, n_classes=len(self.classes_),
+                                  max_iter=self.max_iter, tol=self.tol):
+            path.append((W, b))
+            if checks[0]:
+                scores.append(self._score(Xt, yt, W, b, checks[0]))
+                if _past_peak(scores, self.patience):
+                    break
+        self.cv_scores_ = np.array(scores)
+        if checks[0]:
+            best = int(np.argmax(self.cv_scores_))  # first maximum: the strongest regularisation among ties
+        else:  # nothing held out to choose on (one C, or too few groups per class): the C nearest 1
+            best = int(np.argmin(np.abs(np.log10(Cs))))
+        self.C_ = Cs[best]
+        W, b = path[best]
+        self.coef_ = W[-1].T.cpu().numpy()
+        self.intercept_ = b[-1].cpu().numpy()
+        return self
+
+    def _problems(self, X, codes, groups, X_val, y_val, n_cs, folds):
+        """Rows to solve on, a 0/1 mask per problem (inner folds then the refit), and the held-out checks."""
+        n = len(X)
+        if X_val is not None:
+            val_codes = np.searchsorted(self.classes_, np.asarray(y_val))
+            rows = np.concatenate([X, np.asarray(X_val, dtype=np.float32)])
+            mask = np.zeros((1, len(rows)), np.float32)
+            mask[0, :n] = 1
+            return rows, mask, ([np.arange(n, len(rows))], val_codes)
+        if n_cs == 1:
+            return X, np.ones((1, n), np.float32), ([], None)
+        if folds is None:
+            folds = inner_folds(codes, groups, self.inner_folds, self.random_state)
+        if not folds:  # too few groups per class to cross-validate: keep the middle of the grid
+            return X, np.ones((1, n), np.float32), ([], None)
+        masks = np.zeros((len(folds) + 1, n), np.float32)
+        for i, (train, _) in enumerate(folds):
+            masks[i, train] = 1
+        masks[-1] = 1
+        return X, masks, ([test for _, test in folds], None)
+
+    @staticmethod
+    def _score(Xt, yt, W, b, held_out) -> float:
+        """Mean held-out accuracy of the problems of one C."""
+        accs = []
+        for p, rows in enumerate(held_out):
+            idx = torch.as_tensor(rows, device=Xt.device)
+            logits = Xt[idx] @ W[p] + b[p]
+            pred = (logits[:, 0] > 0).long() if W.shape[-1] == 1 else logits.argmax(1)
+            accs.append((pred == yt[idx]).float().mean().item())
+        return float(np.mean(accs))
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits: (n,) for binary problems, (n, K) otherwise."""
+        check_is_fitted(self, "coef_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        logits = ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
+        return logits[:, 0] if logits.shape[1] == 1 else logits
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (n, K)."""
+        logits = self.decision_function(X)
+        if logits.ndim == 1:
+            p = 1.0 / (1.0 + np.exp(-logits))
+            return np.stack([1 - p, p], axis=1)
+        logits = logits - logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class."""
+        check_is_fitted(self, "coef_")
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def _past_peak(scores: list[float], patience: int | None) -> bool:
+    """Whether the last `patience` scores all fall below the best one seen before them."""
+    if patience is None or len(scores) <= patience:
+        return False
+    return max(scores[-patience:]) < max(scores[:-patience])
+
+
+def inner_folds(codes: np.ndarray, groups, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group folds for choosing hyper-parameters; fewer folds when a class has few groups."""
+    codes = np.asarray(codes)
+    if groups is None or len(np.unique(groups)) == len(codes):
+        k = min(k, int(np.bincount(codes).min()))
+        if k < 2:
+            return []
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(codes, codes))
+    groups = np.asarray(groups)
+    per_class = min(len(np.unique(groups[codes == c])) for c in np.unique(codes))
+    k = min(k, per_class)
+    if k < 2:
+        return []
+    return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(codes, codes, groups))
+
+
+class KNNProbe(ClassifierMixin, BaseEstimator):
+    """k nearest neighbours on L2-normalised features (cosine), votes weighted by softmax(sim / temperature).
+
+    `metric="euclidean", weights="uniform"` gives a plain majority vote (the `knn-euclid-11` preset). k larger than
+    the training set is clipped to it. Neighbour search runs in chunks of `chunk_size` queries, so memory stays
+    bounded by chunk_size x n_train similarities.
+    """
+
+    def __init__(self, *, k: int = 20, temperature: float = 0.07, metric: str = "cosine", weights: str = "softmax",
+                 chunk_size: int = 2048, device: str = "cpu"):
+        self.k = k
+        self.temperature = temperature
+        self.metric = metric
+        self.weights = weights
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def fit(self, X, y):
+        """Store the (normalised) training features; returns self."""
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        if self.metric not in ("cosine", "euclidean"):
+            raise ValueError(f"unknown metric {self.metric!r}; valid: cosine, euclidean")
+        if self.weights not in ("softmax", "uniform"):
+            raise ValueError(f"unknown weights {self.weights!r}; valid: softmax, uniform")
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        dev = _device(self.device)
+        self.train_ = self._prepare(torch.from_numpy(X).to(dev))
+        self.codes_ = torch.from_numpy(codes).to(dev)
+        self.k_ = int(min(self.k, len(X)))
+        return self
+
+    def _prepare(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(X, dim=1) if self.metric == "cosine" else X
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Vote shares (n, K) of the k nearest training rows."""
+        return self.predict_proba_sweep(X, [self.k_])[self.k_]
+
+    def predict_proba_sweep(self, X, ks: Sequence[int]) -> dict[int, np.ndarray]:
+        """Vote shares for several k from one neighbour search (the k sweep)."""
+        check_is_fitted(self, "train_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        ks = sorted({int(min(k, len(self.codes_))) for k in ks})
+        out = {k: [] for k in ks}
+        for start in range(0, len(X), self.chunk_size):
+            query = self._prepare(torch.from_numpy(X[start:start + self.chunk_size]).to(self.train_.device))
+            sims, idx = self._neighbours(query, ks[-1])
+            for k in ks:
+                out[k].append(self._votes(sims[:, :k], idx[:, :k]))
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def _neighbours(self, query: torch.Tensor, k: int):
+        if self.metric == "cosine":
+            return torch.topk(query @ self.train_.T, k, dim=1)
+        dist = torch.cdist(query, self.train_)
+        neg, idx = torch.topk(-dist, k, dim=1)
+        return neg, idx
+
+    def _votes(self, sims: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
+        if self.weights == "softmax":
+            weight = torch.softmax(sims / self.temperature, dim=1)
+        else:
+            weight = torch.full_like(sims, 1.0 / sims.shape[1])
+        votes = torch.zeros(len(sims), len(self.classes_), dtype=weight.dtype, device=weight.device)
+        votes.scatter_add_(1, self.codes_[idx], weight)
+        return votes.cpu().numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Class with the largest vote share (ties to the first class)."""
+        check_is_fitted(self, "train_")
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+PROBES = {
+    "linear": lambda **kw: LinearProbe(**kw),
+    "knn": lambda **kw: KNNProbe(**kw),
+    "knn-euclid-11": lambda **kw: KNNProbe(k=11, metric="euclidean", weights="uniform", **kw),
+}

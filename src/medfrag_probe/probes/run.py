@@ -1,0 +1,319 @@
+"""`probe`: linear and kNN probes over every (point, pooling) of one or more caches, with controls and CIs.
+
+    from medfrag_probe.probes import probe
+    results = probe(["cache/tiny-llava__synth-brain-mri.h5"], points="vision.*", probes=("linear", "knn"))
+    best = max(results, key=lambda r: r.balanced_accuracy)
+
+Writes `OUT/results.jsonl` (one record per cache x point x pooling x probe), `OUT/results.csv`, per-sample
+out-of-fold predictions in `OUT/predictions/`, and figures. Headline score: balanced accuracy (its chance is 1/K
+whatever the class balance); `skill = (balanced_accuracy - 1/K) / (1 - 1/K)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._log import info
+from ..cache import EmbeddingCache
+from ..errors import UserError, bad_choice
+from .estimators import PROBES, inner_folds
+from .metrics import bootstrap_scores, bootstrap_weights, interval, point_scores, skill
+from .splits import SplitPlan, plan_splits
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe on one (cache, point, pooling): scores with 95% CIs, controls, and provenance."""
+
+    model: str
+    data: str
+    cache: str
+    point: str
+    pooling: str
+    probe: str
+    split: str
+    n: int
+    n_excluded: int
+    n_classes: int
+    classes: list[str]
+    chance: float
+    majority_accuracy: float
+    accuracy: float
+    accuracy_ci: list[float] | None
+    balanced_accuracy: float
+    balanced_accuracy_ci: list[float] | None
+    macro_f1: float
+    macro_f1_ci: list[float] | None
+    auroc: float | None
+    auroc_ci: list[float] | None
+    skill: float
+    skill_ci: list[float] | None
+    shuffled_accuracy: float | None
+    shuffled_balanced_accuracy: float | None
+    selectivity: float | None
+    per_class_recall: list
+    confusion: list
+    folds: int
+    hyper: dict = field(default_factory=dict)
+    note: str = ""
+    reads_point: str = ""
+    model_fingerprint: str = ""
+    data_fingerprint: str = ""
+    seconds: float = 0.0
+
+    def record(self) -> dict:
+        """The flat JSON record."""
+        return asdict(self)
+
+
+@dataclass
+class _Task:
+    """Everything about one cache that does not depend on the point: rows, labels, folds, bootstrap weights."""
+
+    cache: EmbeddingCache
+    rows: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    plan: SplitPlan
+    inner: list
+    names: list[str]
+    eval_rows: np.ndarray
+
+
+def probe(caches, *, points: str | None = None, poolings: str | None = None, probes=("linear", "knn"),
+          out: str | Path = "probes", folds: int = 5, seed: int = 0, replicates: int = 1000, controls: bool = True,
+          ks=None, device: str = "cpu", figures: bool = True) -> list[ProbeResult]:
+    """Probe every matching (point, pooling) of each cache; write results under `out`; return the results."""
+    probes = _check_probes(probes)
+    out = Path(out)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    results: list[ProbeResult] = []
+    for path in [caches] if isinstance(caches, (str, Path)) else caches:
+        task = _task(EmbeddingCache(path), folds=folds, seed=seed)
+        for point, pooling in _select(task.cache, points, poolings):
+            for name in probes:
+                for result in _run_one(task, point, pooling, name, out=out, seed=seed, replicates=replicates,
+                                       controls=controls, ks=ks, device=device):
+                    results.append(result)
+                    info(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
+                         f"{result.balanced_accuracy:.3f} {_fmt(result.balanced_accuracy_ci)} ({result.split})")
+        _write(results, out)
+    if figures and results:
+        from .figures import layer_curves
+
+        layer_curves(results, out)
+    return results
+
+
+def _fmt(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _check_probes(probes) -> list[str]:
+    names = [p.strip() for p in probes.split(",")] if isinstance(probes, str) else list(probes)
+    for name in names:
+        if name not in PROBES:
+            raise bad_choice("probe", name, PROBES)
+    return names
+
+
+def _task(cache: EmbeddingCache, *, folds: int, seed: int) -> _Task:
+    rows = np.flatnonzero(cache.done)
+    if not len(rows):
+        raise UserError(f"cache {cache.path} has no finished samples")
+    labels = cache.labels[rows]
+    groups = np.asarray(cache.groups, dtype=object)[rows].astype(str)
+    splits = np.asarray(cache.splits, dtype=object)[rows].astype(str)
+    plan = plan_splits(labels, groups, splits, list(cache.classes), k=folds, seed=seed)
+    inner = [inner_folds(labels[f.train], groups[f.train], 3, seed) if f.val is None else None for f in plan.folds]
+    eval_rows = np.sort(np.concatenate([f.test for f in plan.folds]))
+    return _Task(cache, rows, labels, groups, plan, inner, list(cache.classes), eval_rows)
+
+
+def _select(cache: EmbeddingCache, points, poolings) -> list[tuple[str, str]]:
+    point_globs = [p.strip() for p in points.split(",")] if points else ["*"]
+    pooling_set = {p.strip() for p in poolings.split(",")} if poolings else None
+    chosen = [(p, q) for p, q in cache.points()
+              if any(fnmatch.fnmatchcase(p, g) for g in point_globs) and (pooling_set is None or q in pooling_set)
+              and q != "tokens"]
+    if not chosen:
+        valid = ", ".join(sorted({f"{p}/{q}" for p, q in cache.points()}))
+        raise UserError(f"no (point, pooling) of {cache.path} matches points={points!r} poolings={poolings!r}; "
+                        f"valid: {valid}")
+    return sorted(chosen, key=lambda pq: (point_order(pq[0]), pq[1]))
+
+
+def point_order(name: str) -> tuple[int, str]:
+    """Position of a point along the pipeline: embed, blocks, post, pooled, projector, language blocks."""
+    parts = name.split(".")
+    if name == "vision.embed":
+        return (0, name)
+    if len(parts) == 3 and parts[1] == "block" and parts[2].isdigit():
+        return ((1 if parts[0] == "vision" else 2000) + int(parts[2]), name)
+    return ({"vision.post": 500, "vision.pooled": 501, "projector": 900}.get(name, 5000), name)
+
+
+def _features(task: _Task, point: str, pooling: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the task rows, and a mask of rows with only finite values."""
+    X = task.cache.load(point, pooling, rows=task.rows).reshape(len(task.rows), -1)
+    return X, np.isfinite(X).all(1)
+
+
+def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks, device) -> list[ProbeResult]:
+    start = time.perf_counter()
+    X, finite = _features(task, point, pooling)
+    if not finite.any():
+        raise UserError(f"{task.cache.path} {point}/{pooling}: every row has NaN or inf values")
+    k_values = sorted(set(ks)) if (ks and name.startswith("knn")) else [None]
+    oof, hyper = _fit_predict(task, X, finite, task.labels, name, k_values, seed=seed, device=device)
+    shuffled = None
+    if controls:
+        rng = np.random.default_rng(seed + 1)
+        shuffled_labels = task.labels.copy()
+        shuffled_labels[finite] = rng.permutation(task.labels[finite])
+        shuffled, _ = _fit_predict(task, X, finite, shuffled_labels, name, k_values, seed=seed, device=device,
+                                   truth=task.labels)
+    results = []
+    for k in k_values:
+        label = name if k is None else f"{name}@{k}"
+        results.append(_summarise(task, point, pooling, label, oof[k], shuffled[k] if shuffled else None,
+                                  finite, {**hyper, **({"k": k} if k else {})}, replicates=replicates,
+                                  seconds=time.perf_counter() - start))
+        _write_predictions(task, oof[k], finite, out / "predictions", _pred_name(task, point, pooling, label))
+    return results
+
+
+def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device, truth=None):
+    """Out-of-fold class probabilities for every evaluated row (NaN rows stay NaN), per k."""
+    K = len(task.names)
+    oof = {k: np.full((len(X), K), np.nan, np.float32) for k in k_values}
+    hyper: dict = {"C": []} if name == "linear" else {}
+    for fold, inner in zip(task.plan.folds, task.inner):
+        train, test = fold.train[finite[fold.train]], fold.test[finite[fold.test]]
+        if not len(test):
+            continue
+        model = PROBES[name](device=device) if name != "linear" else PROBES[name](device=device, random_state=seed)
+        present = np.unique(labels[train])
+        if name == "linear":
+            val = fold.val[finite[fold.val]] if fold.val is not None else None
+            kwargs = dict(X_val=X[val], y_val=labels[val]) if val is not None and len(val) else dict(
+                groups=task.groups[train], folds=_restrict(inner, fold.train, finite))
+            model.fit(X[train], labels[train], **kwargs)
+            hyper["C"].append(model.C_)
+            oof[None][np.ix_(test, present)] = model.predict_proba(X[test])
+        else:
+            model.fit(X[train], labels[train])
+            sweep = model.predict_proba_sweep(X[test], [k or model.k for k in k_values])
+            for k in k_values:
+                oof[k][np.ix_(test, present)] = sweep[min(k or model.k, len(train))]
+    for k in k_values:  # classes absent from a training fold get probability 0
+        rows = np.isfinite(oof[k]).any(1)
+        oof[k][rows] = np.nan_to_num(oof[k][rows], nan=0.0)
+    return oof, hyper
+
+
+def _restrict(inner, train_rows, finite):
+    """Inner folds (positions within the training rows) minus rows with non-finite features."""
+    if inner is None or finite[train_rows].all():
+        return inner
+    keep = finite[train_rows]
+    position = np.cumsum(keep) - 1
+    return [(position[tr[keep[tr]]], position[te[keep[te]]]) for tr, te in inner]
+
+
+def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, replicates, seconds) -> ProbeResult:
+    rows = task.eval_rows[finite[task.eval_rows]]
+    y, p = task.labels[rows], proba[rows]
+    K = len(task.names)
+    scores = point_scores(y, p, K)
+    weights = bootstrap_weights(task.groups[rows], replicates=replicates)
+    boot = bootstrap_scores(y, p, weights, K)
+    chance = 1.0 / K
+    majority = _majority_accuracy(task, rows)
+    shuffled_scores = point_scores(y, shuffled[rows], K) if shuffled is not None else None
+    cache = task.cache
+    return ProbeResult(
+        model=str(cache.attrs.get("model", cache.path.stem)), data=str(cache.attrs.get("data", "")),
+        cache=str(cache.path), point=point, pooling=pooling, probe=label, split=task.plan.kind, n=len(rows),
+        n_excluded=int(len(task.cache) - len(rows)), n_classes=K, classes=task.names, chance=chance,
+        majority_accuracy=majority, accuracy=scores["accuracy"], accuracy_ci=interval(boot["accuracy"]),
+        balanced_accuracy=scores["balanced_accuracy"], balanced_accuracy_ci=interval(boot["balanced_accuracy"]),
+        macro_f1=scores["macro_f1"], macro_f1_ci=interval(boot["macro_f1"]), auroc=scores["auroc"],
+        auroc_ci=interval(boot["auroc"]), skill=float(skill(scores["balanced_accuracy"], chance)),
+        skill_ci=interval(skill(boot["balanced_accuracy"], chance)),
+        shuffled_accuracy=shuffled_scores["accuracy"] if shuffled_scores else None,
+        shuffled_balanced_accuracy=shuffled_scores["balanced_accuracy"] if shuffled_scores else None,
+        selectivity=scores["accuracy"] - shuffled_scores["accuracy"] if shuffled_scores else None,
+        per_class_recall=scores["per_class_recall"], confusion=scores["confusion"], folds=len(task.plan.folds),
+        hyper=hyper, note=task.plan.note, reads_point=str(cache.attrs.get("reads_point", "")),
+        model_fingerprint=str(cache.attrs.get("model_fingerprint", "")),
+        data_fingerprint=str(cache.attrs.get("data_fingerprint", "")), seconds=round(seconds, 3))
+
+
+def _majority_accuracy(task: _Task, rows: np.ndarray) -> float:
+    """Accuracy of predicting each training fold's most frequent class on its test rows."""
+    hits = total = 0
+    keep = set(rows.tolist())
+    for fold in task.plan.folds:
+        test = np.array([i for i in fold.test if i in keep], dtype=int)
+        if not len(test):
+            continue
+        majority = np.bincount(task.labels[fold.train]).argmax()
+        hits += int((task.labels[test] == majority).sum())
+        total += len(test)
+    return hits / total if total else float("nan")
+
+
+def _pred_name(task: _Task, point: str, pooling: str, label: str) -> str:
+    return f"{task.cache.path.stem}__{point}__{pooling}__{label.replace('@', '-k')}.csv"
+
+
+def _write_predictions(task: _Task, proba: np.ndarray, finite: np.ndarray, folder: Path, name: str) -> None:
+    """Per-sample out-of-fold predictions: sample_id, group, split, fold, label, pred, correct, p_<class>..."""
+    fold_of = np.full(len(task.rows), -1)
+    for f, fold in enumerate(task.plan.folds):
+        fold_of[fold.test] = f
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sample_id", "group", "split", "fold", "label", "pred", "correct",
+                         *[f"p_{c}" for c in task.names]])
+        for i in task.eval_rows:
+            if not finite[i]:
+                continue
+            row = task.rows[i]
+            pred = int(proba[i].argmax())
+            writer.writerow([task.cache.ids[row], task.groups[i], task.cache.splits[row], fold_of[i],
+                             task.names[task.labels[i]], task.names[pred], int(pred == task.labels[i]),
+                             *[f"{v:.6g}" for v in proba[i]]])
+    os.replace(tmp, folder / name)
+
+
+CSV_FIELDS = ("model", "data", "point", "pooling", "probe", "split", "n", "n_classes", "chance", "accuracy",
+              "balanced_accuracy", "macro_f1", "auroc", "skill", "shuffled_accuracy", "selectivity",
+              "majority_accuracy", "folds", "cache")
+
+
+def _write(results: list[ProbeResult], out: Path) -> None:
+    """results.jsonl (all fields) and results.csv (scalars plus CI bounds), each replaced atomically."""
+    tmp = out / f".results.jsonl.{os.getpid()}.tmp"
+    tmp.write_text("".join(json.dumps(r.record()) + "\n" for r in results))
+    os.replace(tmp, out / "results.jsonl")
+    tmp = out / f".results.csv.{os.getpid()}.tmp"
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        ci_fields = ("accuracy_ci", "balanced_accuracy_ci", "auroc_ci", "skill_ci")
+        writer.writerow([*CSV_FIELDS, *[f"{c}_{e}" for c in ci_fields for e in ("low", "high")]])
+        for r in results:
+            rec = r.record()
+            cis = [(rec[c] or [None, None])[e] for c in ci_fields for e in (0, 1)]
+            writer.writerow([rec[f] for f in CSV_FIELDS] + cis)
+    os.replace(tmp, out / "results.csv")

@@ -1,0 +1,66 @@
+"""Honest evaluation splits: the source's own train/val/test when present, else stratified group k-fold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Row indices of one evaluation fold; `val` only with given splits."""
+
+    train: np.ndarray
+    test: np.ndarray
+    val: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How a cache is evaluated: `kind` is given, group-kfold or stratified-kfold; `note` says what was adapted."""
+
+    kind: str
+    folds: list[Fold]
+    note: str = ""
+
+
+def plan_splits(labels: np.ndarray, groups: np.ndarray, splits: np.ndarray, class_names, *, k: int = 5,
+                seed: int = 0) -> SplitPlan:
+    """Choose the splits for rows with `labels`, `groups` (patients) and `splits` ('' when none)."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise UserError(f"probing needs at least 2 classes; the cache has only {class_names[present[0]]!r}")
+    if all(s for s in splits):
+        return _given(labels, splits, class_names)
+    grouped = len(np.unique(groups)) < len(groups)
+    per_class = {c: len(np.unique(groups[labels == c])) for c in present}
+    smallest = min(per_class, key=per_class.get)
+    if per_class[smallest] < 2:
+        unit = "patient" if grouped else "sample"
+        raise UserError(f"class {class_names[smallest]!r} has only 1 {unit}; it cannot be both trained on and held out")
+    folds_k = min(k, per_class[smallest])
+    note = "" if folds_k == k else (f"{folds_k} folds instead of {k}: class {class_names[smallest]!r} has "
+                                    f"{per_class[smallest]} {'patients' if grouped else 'samples'}")
+    if grouped:
+        splitter = StratifiedGroupKFold(n_splits=folds_k, shuffle=True, random_state=seed)
+        pairs = splitter.split(labels, labels, groups)
+    else:
+        pairs = StratifiedKFold(n_splits=folds_k, shuffle=True, random_state=seed).split(labels, labels)
+    folds = [Fold(train=np.sort(tr), test=np.sort(te)) for tr, te in pairs]
+    return SplitPlan("group-kfold" if grouped else "stratified-kfold", folds, note)
+
+
+def _given(labels: np.ndarray, splits: np.ndarray, class_names) -> SplitPlan:
+    idx = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+    if not len(idx["train"]) or not len(idx["test"]):
+        raise UserError("given splits need both train and test samples; "
+                        f"found {', '.join(f'{k}={len(v)}' for k, v in idx.items())}")
+    missing = sorted(set(np.unique(labels[idx["test"]])) - set(np.unique(labels[idx["train"]])))
+    if missing:
+        raise UserError(f"class {class_names[missing[0]]!r} appears in test but not in train")
+    val = idx["val"] if len(idx["val"]) else None
+    return SplitPlan("given", [Fold(train=idx["train"], test=idx["test"], val=val)])

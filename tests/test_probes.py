@@ -1,0 +1,253 @@
+"""Probes: known answers, controls, honest splits, estimator contract, degenerate inputs, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from medfrag_probe.errors import UserError
+from medfrag_probe.probes import KNNProbe, LinearProbe, probe
+from medfrag_probe.probes.metrics import bootstrap_scores, bootstrap_weights
+from medfrag_probe.probes.similarity import linear_cka
+
+
+def write_cache(path, X, labels, *, groups=None, splits=None, point="layer", pooling="mean", classes=None):
+    """A cache in the minimal schema, plus groups/splits when given."""
+    n = len(labels)
+    with h5py.File(path, "w") as fh:
+        fh["samples/id"] = np.array([f"s{i:05d}" for i in range(n)], dtype=object)
+        fh["samples/label"] = np.asarray(labels)
+        if groups is not None:
+            fh["samples/group"] = np.asarray(groups).astype(str).astype(object)
+        if splits is not None:
+            fh["samples/split"] = np.asarray(splits).astype(object)
+        k = int(np.max(labels)) + 1
+        fh["classes"] = np.array(classes or [f"c{i}" for i in range(k)], dtype=object)
+        if isinstance(X, dict):
+            for name, value in X.items():
+                fh[f"emb/{name}/{pooling}"] = value
+        else:
+            fh[f"emb/{point}/{pooling}"] = X
+    return path
+
+
+def gaussian(n, d, separation, seed=0):
+    """Two classes N(-mu, I) and N(+mu, I) with |mu| = separation / 2: Bayes accuracy Phi(separation / 2)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    mu = np.zeros(d)
+    mu[0] = separation / 2
+    X = rng.normal(size=(n, d)) + np.where(y[:, None] == 1, mu, -mu)
+    return X.astype(np.float32), y
+
+
+def test_linear_probe_reaches_bayes_accuracy(tmp_path):
+    X, y = gaussian(3000, 16, separation=2 * norm.ppf(0.8))
+    path = write_cache(tmp_path / "g.h5", X, y)
+    (result,) = probe([path], probes="linear", out=tmp_path / "out", controls=False, figures=False)
+    assert abs(result.accuracy - 0.8) < 0.03
+    assert result.accuracy_ci[0] < result.accuracy < result.accuracy_ci[1]
+    assert result.split == "stratified-kfold" and result.n == 3000
+
+
+def test_noise_scores_at_chance_with_selectivity_near_zero(tmp_path):
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(600, 32)).astype(np.float32), rng.integers(0, 2, 600)
+    path = write_cache(tmp_path / "n.h5", X, y)
+    for result in probe([path], out=tmp_path / "out", figures=False):
+        low, high = result.balanced_accuracy_ci
+        assert low <= 0.5 <= high, result.probe
+        assert abs(result.selectivity) < 0.08 and abs(result.skill) < 0.1
+
+
+def test_patient_leakage_random_split_high_group_split_chance(tmp_path):
+    """Label constant per patient, images of one patient alike, no class signal: only a leaky split scores."""
+    rng = np.random.default_rng(2)
+    patients, per = 60, 6
+    anatomy = rng.normal(size=(patients, 32))
+    patient_label = rng.permutation(np.arange(patients) % 2)
+    groups = np.repeat(np.arange(patients), per)
+    X = (anatomy[groups] + 0.1 * rng.normal(size=(patients * per, 32))).astype(np.float32)
+    y = patient_label[groups]
+    leaky = probe([write_cache(tmp_path / "leaky.h5", X, y)], probes="knn", out=tmp_path / "a", figures=False,
+                  controls=False)[0]
+    honest = probe([write_cache(tmp_path / "honest.h5", X, y, groups=groups)], probes="knn", out=tmp_path / "b",
+                   figures=False, controls=False)[0]
+    assert leaky.split == "stratified-kfold" and leaky.balanced_accuracy > 0.9
+    assert honest.split == "group-kfold" and abs(honest.balanced_accuracy - 0.5) < 0.12
+
+
+def test_given_splits_train_to_test_only(tmp_path):
+    """The signal is reversed in test: a probe trained on train only must score far below chance on test."""
+    X, y = gaussian(900, 8, separation=4.0, seed=3)
+    splits = np.array(["train"] * 500 + ["val"] * 150 + ["test"] * 250)
+    X[650:, 0] *= -1
+    path = write_cache(tmp_path / "s.h5", X, y, splits=splits)
+    results = probe([path], out=tmp_path / "out", figures=False, controls=False)
+    for result in results:
+        assert result.split == "given" and result.n == 250 and result.accuracy < 0.2
+    lines = (tmp_path / "out" / "predictions" / "s__layer__mean__linear.csv").read_text().splitlines()
+    assert len(lines) == 251 and all(",test," in line for line in lines[1:])
+
+
+def test_result_records_carry_the_contract_keys(tmp_path):
+    X, y = gaussian(400, 8, separation=3.0)
+    path = write_cache(tmp_path / "c.h5", X, y, groups=np.arange(400) // 4)
+    probe([path], out=tmp_path / "out", ks=[1, 5, 20])
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    keys = {"model", "data", "point", "pooling", "probe", "split", "n", "n_classes", "chance", "accuracy",
+            "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1", "auroc", "auroc_ci", "skill",
+            "shuffled_accuracy", "selectivity"}
+    assert all(keys <= set(r) for r in records)
+    assert {r["probe"] for r in records} == {"linear", "knn@1", "knn@5", "knn@20"}
+    assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 5
+    assert (tmp_path / "out" / "layers__c.png").stat().st_size > 5000
+
+
+def test_same_bootstrap_resamples_for_every_model_of_a_data_source():
+    groups = np.repeat(np.arange(50), 3)
+    assert np.array_equal(bootstrap_weights(groups), bootstrap_weights(groups[::-1].copy())[:, ::-1])
+    w = bootstrap_weights(groups)
+    assert w.shape == (1000, 150) and np.all(w.sum(1) == 150)
+    assert all(len(set(w[r, g * 3:(g + 1) * 3])) == 1 for r in range(5) for g in range(50))  # whole patients
+
+
+def test_vectorised_bootstrap_auroc_equals_explicit_resamples():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 300)
+    proba = rng.dirichlet(np.ones(3), 300) + np.eye(3)[y] * 0.3
+    proba /= proba.sum(1, keepdims=True)
+    weights = bootstrap_weights(np.arange(300), replicates=5)
+    boot = bootstrap_scores(y, proba, weights, 3)
+    for r in range(5):
+        idx = np.repeat(np.arange(300), weights[r].astype(int))
+        expected = np.mean([roc_auc_score(y[idx] == k, proba[idx, k]) for k in range(3)])
+        assert boot["auroc"][r] == pytest.approx(expected, abs=1e-6)
+        assert boot["accuracy"][r] == pytest.approx((proba[idx].argmax(1) == y[idx]).mean(), abs=1e-6)
+
+
+def test_estimator_contract():
+    X, y = gaussian(200, 5, separation=3.0)
+    for estimator in (LinearProbe(Cs=(0.1, 1.0)), KNNProbe(k=5)):
+        copy = clone(estimator)
+        assert copy.get_params() == estimator.get_params()
+        with pytest.raises(NotFittedError):
+            copy.predict(X)
+        assert copy.fit(X, y) is copy
+        assert cross_val_score(clone(estimator), X, y, cv=3).mean() > 0.8
+    labels = np.array(["benign", "malignant"])[y]
+    assert set(LinearProbe().fit(X, labels).predict(X)) <= {"benign", "malignant"}
+
+
+def test_knn_softmax_votes_by_hand():
+    X = np.array([[1, 0], [0.9, 0.1], [0, 1]], np.float32)
+    y = np.array([0, 0, 1])
+    proba = KNNProbe(k=3, temperature=0.5).fit(X, y).predict_proba(np.array([[0.8, 0.6]], np.float32))[0]
+    q = np.array([0.8, 0.6])
+    sims = (X / np.linalg.norm(X, axis=1, keepdims=True)) @ q
+    w = np.exp(sims / 0.5) / np.exp(sims / 0.5).sum()
+    assert proba == pytest.approx([w[0] + w[1], w[2]], abs=1e-6)
+
+
+def test_knn_euclid_11_matches_scikit_learn():
+    X, y = gaussian(500, 6, separation=1.5)
+    ours = KNNProbe(k=11, metric="euclidean", weights="uniform").fit(X[:400], y[:400]).predict(X[400:])
+    theirs = KNeighborsClassifier(11).fit(X[:400], y[:400]).predict(X[400:])
+    assert np.array_equal(ours, theirs)
+
+
+def test_k_larger_than_training_set_is_clipped():
+    X, y = gaussian(10, 3, separation=3.0)
+    model = KNNProbe(k=50).fit(X, y)
+    assert model.k_ == 10 and model.predict_proba(X).shape == (10, 2)
+
+
+def test_inner_cv_scores_match_scikit_learn_on_the_same_folds():
+    """The batched solver and the C choice agree with per-fold scikit-learn LogisticRegression fits."""
+    from sklearn.linear_model import LogisticRegression
+
+    from medfrag_probe.probes.estimators import inner_folds
+
+    X, y = gaussian(400, 30, separation=1.5, seed=6)
+    y = y + 2 * (X[:, 1] > 0.5)  # 4 classes
+    model = LinearProbe(patience=None).fit(X, y)
+    Z = (X - X.mean(0)) / X.std(0)
+    expected = []
+    for C in sorted(model.Cs):
+        accs = [LogisticRegression(C=C, max_iter=5000, tol=1e-8).fit(Z[tr], y[tr]).score(Z[te], y[te])
+                for tr, te in inner_folds(y, None, 3, 0)]
+        expected.append(np.mean(accs))
+    assert np.allclose(model.cv_scores_, expected, atol=0.01)
+    assert expected[int(np.argmax(model.cv_scores_))] >= max(expected) - 0.01
+
+
+@pytest.mark.parametrize("labels, groups, message", [
+    (np.zeros(20, int), None, "at least 2 classes"),
+    (np.r_[np.zeros(19, int), 1], None, "has only 1 sample"),
+    (np.r_[np.zeros(15, int), np.ones(5, int)], np.r_[np.arange(15), np.full(5, 99)], "has only 1 patient"),
+])
+def test_degenerate_inputs_get_clear_errors(tmp_path, labels, groups, message):
+    X = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    with pytest.raises(UserError, match=message):
+        probe([write_cache(tmp_path / "d.h5", X, labels, groups=groups)], out=tmp_path / "o", figures=False)
+
+
+def test_small_class_reduces_folds_and_nan_rows_are_excluded(tmp_path):
+    X, y = gaussian(200, 6, separation=3.0)
+    y[:] = 0
+    y[:3] = 1
+    X[10:13] = np.nan
+    (result,) = probe([write_cache(tmp_path / "d.h5", X, y)], probes="knn", out=tmp_path / "o", figures=False)
+    assert result.folds == 3 and "3 folds instead of 5" in result.note
+    assert result.n == 197 and result.n_excluded == 3
+
+
+def test_unknown_probe_and_unmatched_points(tmp_path):
+    X, y = gaussian(40, 3, separation=3.0)
+    path = write_cache(tmp_path / "c.h5", X, y)
+    with pytest.raises(UserError, match="unknown probe 'svm'"):
+        probe([path], probes="svm", out=tmp_path / "o")
+    with pytest.raises(UserError, match="valid: layer/mean"):
+        probe([path], points="vision.*", out=tmp_path / "o")
+
+
+def test_cka_properties():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 20))
+    Q, _ = np.linalg.qr(rng.normal(size=(20, 20)))
+    assert linear_cka(X, X) == pytest.approx(1.0)
+    assert linear_cka(X, 3.0 * X @ Q) == pytest.approx(1.0)
+    assert linear_cka(X, rng.normal(size=(300, 20))) < 0.2
+
+
+def test_probe_cli_on_an_extracted_cache_with_curves_and_cka(tmp_path, capsys):
+    from medfrag_probe.cli import main
+    from medfrag_probe.extract import extract
+
+    data = "synth:brain-mri?n=64&size=48&difficulty=0"
+    a = extract("tiny:clip", data, points="vision.block.01,vision.post", poolings="mean", out=tmp_path / "a.h5",
+                workers=0).path
+    b = extract("tiny:siglip", data, points="vision.block.01,vision.post", poolings="mean", out=tmp_path / "b.h5",
+                workers=0).path
+    with pytest.raises(SystemExit) as exc:
+        main(["--quiet", "probe", str(a), str(b), "--out", str(tmp_path / "p"), "--probes", "knn",
+              "--replicates", "100", "--curves", "--cka", "--folds", "4"])
+    assert exc.value.code == 0
+    out = tmp_path / "p"
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["split"] == "group-kfold" and r["folds"] == 4 for r in records)
+    assert (out / "curves__a.png").is_file() and (out / "cka__a__b.png").is_file()
+    cka = json.loads((out / "cka__a__b.json").read_text())
+    assert cka["n"] == 64 and len(cka["cka"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["probe", str(a), "--ks", "0"])
+    assert exc.value.code == 2
