@@ -19,8 +19,10 @@ def bootstrap_weights(groups, *, replicates: int = REPLICATES, seed: int = SEED)
     """(replicates, n) float32 multiplicities of each sample under a cluster bootstrap over `groups`."""
     unique, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(unique), np.full(len(unique), 1.0 / len(unique)), size=replicates)
-    return counts[:, inverse].astype(np.float32)
+    g = len(unique)
+    draws = rng.integers(0, g, size=(replicates, g)) + (np.arange(replicates) * g)[:, None]
+    counts = np.bincount(draws.ravel(), minlength=replicates * g).reshape(replicates, g).astype(np.float32)
+    return counts[:, inverse]
 
 
 def point_scores(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
@@ -78,8 +80,11 @@ def weighted_auroc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray)
     pos = positive[order].astype(np.float32)
     w = weights[:, order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of tied scores
-    pos_w = np.add.reduceat(w * pos, starts, axis=1)
-    neg_w = np.add.reduceat(w * (1 - pos), starts, axis=1)
+    pos_w = w * pos
+    neg_w = w - pos_w
+    if len(starts) < len(s):
+        pos_w = np.add.reduceat(pos_w, starts, axis=1)
+        neg_w = np.add.reduceat(neg_w, starts, axis=1)
     below = np.cumsum(neg_w, axis=1) - neg_w
     num = (pos_w * (below + 0.5 * neg_w)).sum(1)
     den = pos_w.sum(1) * neg_w.sum(1)
