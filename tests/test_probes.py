@@ -251,3 +251,21 @@ def test_probe_cli_on_an_extracted_cache_with_curves_and_cka(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["probe", str(a), "--ks", "0"])
     assert exc.value.code == 2
+
+
+def test_paired_difference_detects_a_small_consistent_gain(tmp_path):
+    """Two representations of the same samples, B a little better: the paired CI excludes 0."""
+    from medfrag_probe.probes.compare import paired_difference
+
+    X, y = gaussian(1200, 8, separation=1.6, seed=7)
+    better = X.copy()
+    better[:, 0] += 0.5 * (2 * y - 1)  # a larger class shift: genuinely more separable
+    groups = np.arange(1200) // 3
+    path = write_cache(tmp_path / "c.h5", {"weak": X, "strong": better}, y, groups=groups)
+    results = {r.point: r for r in probe([path], probes="linear", out=tmp_path / "o", figures=False, controls=False)}
+    diff = paired_difference(results["strong"].predictions, results["weak"].predictions)
+    assert diff["n"] == 1200 and diff["delta"] > 0 and diff["delta_ci"][0] > 0
+    same = paired_difference(results["weak"].predictions, results["weak"].predictions)
+    assert same["delta"] == 0 and same["delta_ci"] == [0.0, 0.0]
+    with pytest.raises(UserError, match="unknown metric"):
+        paired_difference(results["weak"].predictions, results["weak"].predictions, metric="kappa")

@@ -77,17 +77,31 @@ def weighted_auroc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray)
     """AUROC for every row of `weights` (R, n): P(score_pos > score_neg) + 0.5 P(tie), one sort for all rows."""
     order = np.argsort(score, kind="stable")
     s = score[order]
-    pos = positive[order].astype(np.float32)
-    w = weights[:, order]
+    pos = positive[order]
+    tied = np.flatnonzero(s[1:] == s[:-1])
+    if not len(tied):
+        return _auroc_untied(pos, weights[:, order])
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of tied scores
-    pos_w = w * pos
-    neg_w = w - pos_w
-    if len(starts) < len(s):
-        pos_w = np.add.reduceat(pos_w, starts, axis=1)
-        neg_w = np.add.reduceat(neg_w, starts, axis=1)
+    w = weights[:, order]
+    pos_w = np.add.reduceat(w * pos, starts, axis=1)
+    neg_w = np.add.reduceat(w * ~pos, starts, axis=1)
     below = np.cumsum(neg_w, axis=1) - neg_w
-    num = (pos_w * (below + 0.5 * neg_w)).sum(1)
-    den = pos_w.sum(1) * neg_w.sum(1)
+    return _ratio((pos_w * (below + 0.5 * neg_w)).sum(1), pos_w.sum(1) * neg_w.sum(1))
+
+
+def _auroc_untied(pos: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """No ties: each positive counts the weight of the negatives sorted before it."""
+    neg_idx, pos_idx = np.flatnonzero(~pos), np.flatnonzero(pos)
+    if not len(neg_idx) or not len(pos_idx):
+        return np.full(len(w), np.nan)
+    neg_cum = np.cumsum(w[:, neg_idx], axis=1)
+    before = np.searchsorted(neg_idx, pos_idx)  # negatives sorted before each positive
+    below = np.where(before > 0, neg_cum[:, np.maximum(before - 1, 0)], 0.0)
+    pos_w = w[:, pos_idx]
+    return _ratio((pos_w * below).sum(1), pos_w.sum(1) * neg_cum[:, -1])
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / den, np.nan)
 

@@ -67,6 +67,7 @@ class ProbeResult:
     reads_point: str = ""
     model_fingerprint: str = ""
     data_fingerprint: str = ""
+    predictions: str = ""
     seconds: float = 0.0
 
     def record(self) -> dict:
@@ -86,6 +87,15 @@ class _Task:
     inner: list
     names: list[str]
     eval_rows: np.ndarray
+    weights: dict = field(default_factory=dict)
+
+    def bootstrap(self, rows: np.ndarray, replicates: int) -> np.ndarray:
+        """Bootstrap weights of `rows`, computed once per row set (the same for every point and probe)."""
+        key = (hash(rows.tobytes()), len(rows), replicates)
+        if key not in self.weights:
+            self.weights.clear()
+            self.weights[key] = bootstrap_weights(self.groups[rows], replicates=replicates)
+        return self.weights[key]
 
 
 def probe(caches, *, points: str | None = None, poolings: str | None = None, probes=("linear", "knn"),
@@ -184,10 +194,11 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
     results = []
     for k in k_values:
         label = name if k is None else f"{name}@{k}"
+        pred_path = out / "predictions" / _pred_name(task, point, pooling, label)
+        _write_predictions(task, oof[k], finite, pred_path)
         results.append(_summarise(task, point, pooling, label, oof[k], shuffled[k] if shuffled else None,
                                   finite, {**hyper, **({"k": k} if k else {})}, replicates=replicates,
-                                  seconds=time.perf_counter() - start))
-        _write_predictions(task, oof[k], finite, out / "predictions", _pred_name(task, point, pooling, label))
+                                  seconds=time.perf_counter() - start, predictions=str(pred_path)))
     return results
 
 
@@ -229,13 +240,13 @@ def _restrict(inner, train_rows, finite):
     return [(position[tr[keep[tr]]], position[te[keep[te]]]) for tr, te in inner]
 
 
-def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, replicates, seconds) -> ProbeResult:
+def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, replicates, seconds,
+               predictions) -> ProbeResult:
     rows = task.eval_rows[finite[task.eval_rows]]
     y, p = task.labels[rows], proba[rows]
     K = len(task.names)
     scores = point_scores(y, p, K)
-    weights = bootstrap_weights(task.groups[rows], replicates=replicates)
-    boot = bootstrap_scores(y, p, weights, K)
+    boot = bootstrap_scores(y, p, task.bootstrap(rows, replicates), K)
     chance = 1.0 / K
     majority = _majority_accuracy(task, rows)
     shuffled_scores = point_scores(y, shuffled[rows], K) if shuffled is not None else None
@@ -255,7 +266,8 @@ def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, r
         per_class_recall=scores["per_class_recall"], confusion=scores["confusion"], folds=len(task.plan.folds),
         hyper=hyper, note=task.plan.note, reads_point=str(cache.attrs.get("reads_point", "")),
         model_fingerprint=str(cache.attrs.get("model_fingerprint", "")),
-        data_fingerprint=str(cache.attrs.get("data_fingerprint", "")), seconds=round(seconds, 3))
+        data_fingerprint=str(cache.attrs.get("data_fingerprint", "")), predictions=predictions,
+        seconds=round(seconds, 3))
 
 
 def _majority_accuracy(task: _Task, rows: np.ndarray) -> float:
@@ -276,12 +288,12 @@ def _pred_name(task: _Task, point: str, pooling: str, label: str) -> str:
     return f"{task.cache.path.stem}__{point}__{pooling}__{label.replace('@', '-k')}.csv"
 
 
-def _write_predictions(task: _Task, proba: np.ndarray, finite: np.ndarray, folder: Path, name: str) -> None:
+def _write_predictions(task: _Task, proba: np.ndarray, finite: np.ndarray, path: Path) -> None:
     """Per-sample out-of-fold predictions: sample_id, group, split, fold, label, pred, correct, p_<class>..."""
     fold_of = np.full(len(task.rows), -1)
     for f, fold in enumerate(task.plan.folds):
         fold_of[fold.test] = f
-    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["sample_id", "group", "split", "fold", "label", "pred", "correct",
@@ -294,7 +306,7 @@ def _write_predictions(task: _Task, proba: np.ndarray, finite: np.ndarray, folde
             writer.writerow([task.cache.ids[row], task.groups[i], task.cache.splits[row], fold_of[i],
                              task.names[task.labels[i]], task.names[pred], int(pred == task.labels[i]),
                              *[f"{v:.6g}" for v in proba[i]]])
-    os.replace(tmp, folder / name)
+    os.replace(tmp, path)
 
 
 CSV_FIELDS = ("model", "data", "point", "pooling", "probe", "split", "n", "n_classes", "chance", "accuracy",

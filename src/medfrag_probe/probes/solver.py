@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 
-def _loss_grad(X, Y, M, n, W, b, C, binary):
+def _loss_grad(X, XT, Y, M, n, W, b, C, binary):
     """Loss (summed over problems) and gradients; X (N, D), Y (N, K'), M (P, N), W (P, D, K'), b (P, K')."""
     P, D, K = W.shape
     Z = (X @ W.permute(1, 0, 2).reshape(D, P * K)).view(-1, P, K) + b  # N, P, K
@@ -28,7 +28,7 @@ def _loss_grad(X, Y, M, n, W, b, C, binary):
     weight = (M / n[:, None]).T[:, :, None]  # N, P, 1
     loss = (nll * weight).sum() + ((W * W).sum((1, 2)) / (2 * C * n)).sum()
     G = (prob - Y[:, None, :]) * weight  # N, P, K
-    gW = (X.T @ G.reshape(-1, P * K)).view(D, P, K).permute(1, 0, 2) + W / (C * n)[:, None, None]
+    gW = (XT @ G.reshape(-1, P * K)).view(D, P, K).permute(1, 0, 2) + W / (C * n)[:, None, None]
     return loss, gW, G.sum(0)
 
 
@@ -42,6 +42,7 @@ def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, 
     K = 1 if binary else n_classes
     Y = y[:, None].to(X.dtype) if binary else torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
     n = masks.sum(1).clamp(min=1)
+    XT = X.T.contiguous()  # the gradient's product reads X by columns; a transposed copy is ~25% faster
     W = torch.zeros(masks.shape[0], X.shape[1], K, dtype=X.dtype, device=X.device, requires_grad=True)
     b = torch.zeros(masks.shape[0], K, dtype=X.dtype, device=X.device, requires_grad=True)
     for C in Cs:
@@ -50,7 +51,7 @@ def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, 
 
         def closure(C=float(C)):
             with torch.no_grad():
-                loss, gW, gb = _loss_grad(X, Y, masks, n, W, b, C, binary)
+                loss, gW, gb = _loss_grad(X, XT, Y, masks, n, W, b, C, binary)
             W.grad, b.grad = gW.contiguous(), gb.contiguous()
             return loss
 
