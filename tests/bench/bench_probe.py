@@ -37,7 +37,7 @@ def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0) -> lis
         for layer in range(layers):
             name = f"vision.block.{layer:02d}"
             names.append(name)
-            strength = 1.0 + 4.0 * layer / max(1, layers - 1)
+            strength = 0.2 + 0.6 * layer / max(1, layers - 1)  # accuracy from ~0.45 (early) to ~0.95 (late)
             for pooling in ("cls", "mean"):
                 X = rng.normal(size=(n, d)) + strength * directions[y] * np.sqrt(d) / 8
                 fh[f"emb/{name}/{pooling}"] = X.astype(np.float16)
@@ -106,15 +106,17 @@ def main() -> None:
         t_ctrl, _ = ours(path, root / "b", controls=True)
         t_base, acc_base = baseline(path)
     linear = [abs(acc_ours[k] - acc_base[k]) for k in acc_base if k[2] == "linear"]
+    mean_ours = float(np.mean([acc_ours[k] for k in acc_base if k[2] == "linear"]))
+    mean_base = float(np.mean([acc_base[k] for k in acc_base if k[2] == "linear"]))
     knn = [abs(acc_ours[k] - acc_base[k]) for k in acc_base if k[2] == "knn"]
     result = {"layers": args.layers, "poolings": 2, "n": args.n, "dim": args.dim, "folds": 5,
               "ours_s": round(t_ours, 1), "ours_with_controls_s": round(t_ctrl, 1), "baseline_s": round(t_base, 1),
               "speedup": round(t_base / t_ours, 2), "speedup_with_controls": round(t_base / t_ctrl, 2),
               "accuracy_delta": round(float(np.mean(linear)), 4), "accuracy_delta_max": round(float(max(linear)), 4),
               "knn_accuracy_delta": round(float(np.mean(knn)), 4),
-              "mean_linear_accuracy_ours": round(float(np.mean([acc_ours[k] for k in acc_base if k[2] == "linear"])), 4),
-              "mean_linear_accuracy_baseline": round(float(np.mean([acc_base[k] for k in acc_base
-                                                                    if k[2] == "linear"])), 4),
+              "mean_linear_accuracy_ours": round(mean_ours, 4), "mean_linear_accuracy_baseline": round(mean_base, 4),
+              "linear_accuracy_range": [round(min(acc_base[k] for k in acc_base if k[2] == "linear"), 3),
+                                        round(max(acc_base[k] for k in acc_base if k[2] == "linear"), 3)],
               "bootstrap_s": round(bootstrap_seconds(), 3)}
     print(json.dumps(result))
 
