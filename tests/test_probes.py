@@ -269,3 +269,10 @@ def test_paired_difference_detects_a_small_consistent_gain(tmp_path):
     assert same["delta"] == 0 and same["delta_ci"] == [0.0, 0.0]
     with pytest.raises(UserError, match="unknown metric"):
         paired_difference(results["weak"].predictions, results["weak"].predictions, metric="kappa")
+
+
+def test_knn_memory_bounded_chunks_give_the_same_answer():
+    X, y = gaussian(3000, 16, separation=2.0)
+    whole = KNNProbe(chunk_size=10_000).fit(X[:2000], y[:2000]).predict_proba(X[2000:])
+    bounded = KNNProbe(memory_mb=1).fit(X[:2000], y[:2000])  # 1 MiB -> 131 queries per chunk
+    np.testing.assert_allclose(bounded.predict_proba(X[2000:]), whole, rtol=1e-6)

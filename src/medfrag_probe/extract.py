@@ -32,11 +32,13 @@ from .cache import (
     attempted_in_parts,
     check_existing,
     consolidate,
+    parts_dir,
     start_parts,
     write_part,
 )
 from .data.images import ImageError
 from .data.sources import DataSource, open_source
+from .distributed import rank_device, setup
 from .errors import UserError
 from .models.base import STAGES, Adapter, Point
 from .models.hooks import run_traced, trace
@@ -93,6 +95,8 @@ def extract(model: str, data: str | DataSource, *, points: str | list[str] | Non
     wants_lm = any(p.strip().startswith("lm") for p in _split(points))
     if wants_lm and not prompt:
         raise UserError("language-model points need a task prompt: pass --prompt 'Is there a tumour?'")
+    ranks = setup(device)
+    device = rank_device(device, ranks)
     resolve_device(device)
     adapter = load_adapter(model, lm=wants_lm, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     chosen = adapter.select_points(points)
@@ -103,7 +107,7 @@ def extract(model: str, data: str | DataSource, *, points: str | list[str] | Non
     meta = CacheMeta(attrs=_attrs(adapter, source, plan, dtype=dtype, store_dtype=store_dtype, prompt=prompt),
                      plan=plan)
     return _run(adapter, source, chosen, meta, out=out, batch_size=batch_size, device=device, dtype=dtype,
-                workers=workers, prompt=prompt, overwrite=overwrite)
+                workers=workers, prompt=prompt, overwrite=overwrite, ranks=ranks)
 
 
 def _split(points) -> list[str]:
@@ -142,27 +146,45 @@ def _processor_print(adapter: Adapter) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _run(adapter, source, chosen, meta, *, out, batch_size, device, dtype, workers, prompt, overwrite):
-    previous_done = check_existing(out, meta, overwrite=overwrite)
-    parts = start_parts(out, meta)
+def _run(adapter, source, chosen, meta, *, out, batch_size, device, dtype, workers, prompt, overwrite, ranks):
+    if overwrite and ranks.leader:
+        check_existing(out, meta, overwrite=True)
+    ranks.barrier()
+    previous_done = check_existing(out, meta, overwrite=False)  # read-only: every rank refuses alike
+    if ranks.leader:
+        start_parts(out, meta)
+    ranks.barrier()
+    parts = parts_dir(out)
     finished = set(attempted_in_parts(parts))
     if previous_done is not None:
         finished |= set(np.flatnonzero(previous_done).tolist())
-    batches = [b for b in _batches(len(source), batch_size, finished) if len(b)]
+    grid = _batches(len(source), batch_size, finished)
+    todo_all = sum(len(b) for b in grid)
+    batches = [b for k, b in enumerate(grid) if len(b) and ranks.takes(k)]
     todo = sum(len(b) for b in batches)
-    info(f"extract: {len(source)} samples, {len(source) - todo} already done, {todo} to do -> {out}")
+    if ranks.leader:
+        share = f" ({ranks.world} ranks)" if ranks.world > 1 else ""
+        info(f"extract: {len(source)} samples, {len(source) - todo_all} already done, {todo_all} to do{share} -> {out}")
+    ranks.barrier()
     start = time.perf_counter()
     _extract_batches(adapter, source, chosen, meta.plan, batches, parts, device=device, dtype=dtype,
-                     workers=workers, prompt=prompt, store=STORE_DTYPES[meta.attrs["store_dtype"]])
+                     workers=workers, prompt=prompt, store=STORE_DTYPES[meta.attrs["store_dtype"]],
+                     show=ranks.leader)
     seconds = time.perf_counter() - start
-    previous = out if previous_done is not None else None
-    failures = consolidate(out, meta, source.samples, source.classes, previous=previous)
-    failed = {source.samples[i].id: reason for i, reason in sorted(failures.items())}
-    return ExtractResult(path=out, samples=len(source), extracted=todo - len(failed), skipped=len(source) - todo,
+    ranks.barrier()
+    failed = {}
+    if ranks.leader:
+        previous = out if previous_done is not None else None
+        failures = consolidate(out, meta, source.samples, source.classes, previous=previous)
+        failed = {source.samples[i].id: reason for i, reason in sorted(failures.items())}
+    ranks.barrier()
+    done = todo_all if ranks.leader else todo
+    return ExtractResult(path=out, samples=len(source), extracted=done - len(failed), skipped=len(source) - todo_all,
                          failed=failed, seconds=seconds)
 
 
 def _batches(n: int, size: int, finished: set[int]) -> list[np.ndarray]:
+    """The fixed batch grid [k*size, (k+1)*size), minus finished samples (a batch may end up empty)."""
     out = []
     for start in range(0, n, size):
         idx = np.arange(start, min(start + size, n))
@@ -220,14 +242,15 @@ def _loader(dataset: _BatchData, workers: int | None):
                                        persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
-def _extract_batches(adapter, source, chosen, plan, batches, parts, *, device, dtype, workers, prompt, store):
+def _extract_batches(adapter, source, chosen, plan, batches, parts, *, device, dtype, workers, prompt, store,
+                     show=True):
     from tqdm import tqdm
 
     if not batches:
         return
     dev = resolve_device(device)
     model_dtype = next(adapter.model.parameters()).dtype
-    bar = tqdm(total=sum(len(b) for b in batches), unit="img", disable=is_quiet(), dynamic_ncols=True,
+    bar = tqdm(total=sum(len(b) for b in batches), unit="img", disable=is_quiet() or not show, dynamic_ncols=True,
                desc="extract")
     try:
         for ok, inputs, errors, attempted in _loader(_BatchData(source, batches, adapter, prompt), workers):

@@ -23,7 +23,7 @@ def extract_command(
     poolings: Annotated[Optional[str], typer.Option(help="cls, mean, max, tokens; image, last for lm points.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Cache file (default cache/MODEL__DATA.h5).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    device: Device = "cpu",
+    device: Device = "cpu",  # under torchrun, cuda/auto put each rank on its LOCAL_RANK GPU
     dtype: Dtype = "float32",
     store_dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers decoding images (default: cores-1, "
@@ -39,6 +39,13 @@ def extract_command(
     result = extract(model, data, points=points, poolings=poolings, out=out, batch_size=batch_size, device=device,
                      dtype=dtype, store_dtype=store_dtype, workers=workers, prompt=prompt, overwrite=overwrite,
                      trust_remote_code=trust_remote_code)
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:  # under torchrun only rank 0 reports the consolidated cache
+            return
     typer.echo(f"{result.path}: {result.samples} samples, {result.extracted} extracted now, {result.skipped} "
                f"already done, {len(result.failed)} failed ({result.images_per_second:.1f} img/s)")
     for sample_id, reason in result.failed.items():

@@ -41,7 +41,7 @@ def probe_command(
     ks: Annotated[Optional[str], typer.Option(help="k sweep for kNN probes, e.g. 1,5,10,20,50.")] = None,
     curves: Annotated[bool, typer.Option(help="Also learning curves (1,2,4,..,32,all per class).")] = False,
     cka: Annotated[bool, typer.Option(help="Also linear CKA between the first cache and each other one.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Linear and kNN probes per point and pooling, with honest splits, controls and bootstrap CIs."""
     from ..errors import UserError

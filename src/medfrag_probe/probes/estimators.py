@@ -163,17 +163,18 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
     """k nearest neighbours on L2-normalised features (cosine), votes weighted by softmax(sim / temperature).
 
     `metric="euclidean", weights="uniform"` gives a plain majority vote (the `knn-euclid-11` preset). k larger than
-    the training set is clipped to it. Neighbour search runs in chunks of `chunk_size` queries, so memory stays
-    bounded by chunk_size x n_train similarities.
+    the training set is clipped to it. Neighbour search runs in chunks of queries whose similarity block stays
+    under `memory_mb` (or of `chunk_size` queries when given), so memory is bounded whatever the data size.
     """
 
     def __init__(self, *, k: int = 20, temperature: float = 0.07, metric: str = "cosine", weights: str = "softmax",
-                 chunk_size: int = 2048, device: str = "cpu"):
+                 chunk_size: int | None = None, memory_mb: int = 256, device: str = "cpu"):
         self.k = k
         self.temperature = temperature
         self.metric = metric
         self.weights = weights
         self.chunk_size = chunk_size
+        self.memory_mb = memory_mb
         self.device = device
 
     def fit(self, X, y):
@@ -203,8 +204,9 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float32, reset=False)
         ks = sorted({int(min(k, len(self.codes_))) for k in ks})
         out = {k: [] for k in ks}
-        for start in range(0, len(X), self.chunk_size):
-            query = self._prepare(torch.from_numpy(X[start:start + self.chunk_size]).to(self.train_.device))
+        chunk = self.chunk_size or max(1, min(8192, (self.memory_mb << 20) // (4 * len(self.codes_))))
+        for start in range(0, len(X), chunk):
+            query = self._prepare(torch.from_numpy(X[start:start + chunk]).to(self.train_.device))
             sims, idx = self._neighbours(query, ks[-1])
             for k in ks:
                 out[k].append(self._votes(sims[:, :k], idx[:, :k]))

@@ -100,9 +100,13 @@ class _Task:
 
 def probe(caches, *, points: str | None = None, poolings: str | None = None, probes=("linear", "knn"),
           out: str | Path = "probes", folds: int = 5, seed: int = 0, replicates: int = 1000, controls: bool = True,
-          ks=None, device: str = "cpu", figures: bool = True) -> list[ProbeResult]:
-    """Probe every matching (point, pooling) of each cache; write results under `out`; return the results."""
+          ks=None, device: str = "auto", figures: bool = True) -> list[ProbeResult]:
+    """Probe every matching (point, pooling) of each cache; write results under `out`; return the results.
+
+    `device="auto"` runs the kNN search and the logistic-regression solver on CUDA when present, else on the CPU.
+    """
     probes = _check_probes(probes)
+    device = _probe_device(device)
     out = Path(out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     results: list[ProbeResult] = []
@@ -121,6 +125,18 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
 
         layer_curves(results, out)
     return results
+
+
+def _probe_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but no CUDA device is available; valid here: auto, cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+    return device
 
 
 def _fmt(ci) -> str:
