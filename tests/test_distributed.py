@@ -34,6 +34,47 @@ def _single(out, data=DATA):
     subprocess.run(cmd, env=_env(), check=True, capture_output=True)
 
 
+def _descendants(pid: int) -> list[int]:
+    """All processes below `pid` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(proc) -> None:
+    """SIGKILL a launcher and every process under it, and wait until they are gone."""
+    victims = _descendants(proc.pid)
+    for pid in [proc.pid, *victims]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in victims):
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _same(a, b):
     with h5py.File(a) as fa, h5py.File(b) as fb:
         assert list(fa["samples/id"].asstr()) == list(fb["samples/id"].asstr())
@@ -57,13 +98,12 @@ def test_killed_ranks_resume_to_the_same_cache(tmp_path):
     data = "synth:histology?n=400&size=48"
     _single(tmp_path / "one.h5", data)
     out = tmp_path / "two.h5"
-    proc = _torchrun(out, data, start_new_session=True)
+    proc = _torchrun(out, data)
     parts = parts_dir(out)
     deadline = time.time() + 240
     while time.time() < deadline and len(list(parts.glob("r*.safetensors"))) < 6 and proc.poll() is None:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_tree(proc)
     finished = len(list(parts.glob("r*.safetensors")))
     assert 6 <= finished < 100 and not out.exists()
     rerun = _torchrun(out, data)
