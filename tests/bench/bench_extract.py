@@ -23,14 +23,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_vit_b16(root: Path) -> str:
-    """A random CLIP ViT-B/16 vision tower (86M parameters) saved as a transformers checkpoint."""
+def build_clip_tower(root: Path, *, width: int = 768, heads: int = 12) -> str:
+    """A random 12-block CLIP /16 vision tower at 224 px saved as a transformers checkpoint (ViT-B/16 by default)."""
     import torch
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                           num_attention_heads=12, image_size=224, patch_size=16)
+    config = transformers.CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=12,
+                                           num_attention_heads=heads, image_size=224, patch_size=16)
     transformers.CLIPVisionModel(config).save_pretrained(root)
     transformers.CLIPImageProcessor(size={"shortest_edge": 224},
                                     crop_size={"height": 224, "width": 224}).save_pretrained(root)
@@ -95,7 +95,7 @@ def main() -> None:
         from medfrag_probe._log import set_quiet
 
         set_quiet(True)
-        spec = build_vit_b16(root / "vit-b16")
+        spec = build_clip_tower(root / "vit-b16")
         data = f"synth:brain-mri?n={args.images}&size=96"
         bare = bare_loop(spec, data, args.batch_size)
         full = extract_time(spec, data, args.batch_size, root / "bench.h5", args.workers)

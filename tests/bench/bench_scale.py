@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_extract import build_clip_tower  # the script's own folder is on sys.path
+
 RANK_SCRIPT = """
 import json, os, sys
 from medfrag_probe._log import set_quiet
@@ -46,19 +48,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
 
 
-def build_vit_s16(root: Path) -> str:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.CLIPVisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12,
-                                           num_attention_heads=6, image_size=224, patch_size=16)
-    transformers.CLIPVisionModel(config).save_pretrained(root)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 224},
-                                    crop_size={"height": 224, "width": 224}).save_pretrained(root)
-    return f"hf:{root}"
-
-
 def loop_seconds(spec: str, data: str, out: Path, ranks: int) -> float:
     script = out.parent / "rank.py"
     script.write_text(RANK_SCRIPT)
@@ -75,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        spec = build_vit_s16(root / "vit-s16")
+        spec = build_clip_tower(root / "vit-s16", width=384, heads=6)  # ViT-S/16-sized
         data = f"synth:brain-mri?n={args.images}&size=96"
         one = loop_seconds(spec, data, root / "one.h5", 1)
         two = loop_seconds(spec, data, root / "two.h5", 2)

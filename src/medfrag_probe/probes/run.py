@@ -24,6 +24,7 @@ import numpy as np
 from .._log import info
 from ..cache import EmbeddingCache
 from ..errors import UserError, bad_choice
+from ..models.loading import resolve_device
 from .estimators import PROBES, inner_folds
 from .metrics import bootstrap_scores, bootstrap_weights, interval, point_scores, skill
 from .splits import SplitPlan, plan_splits
@@ -106,7 +107,7 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     `device="auto"` runs the kNN search and the logistic-regression solver on CUDA when present, else on the CPU.
     """
     probes = _check_probes(probes)
-    device = _probe_device(device)
+    device = str(resolve_device(device))
     out = Path(out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     results: list[ProbeResult] = []
@@ -125,18 +126,6 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
 
         layer_curves(results, out)
     return results
-
-
-def _probe_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for, but no CUDA device is available; valid here: auto, cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise UserError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
-    return device
 
 
 def _fmt(ci) -> str:
