@@ -1,0 +1,1 @@
+"""End-to-end answers of VLMs: prompts, parsing of free-text responses, robustness measures (in progress)."""
