@@ -106,8 +106,8 @@ def extract(model: str, data: str | DataSource, *, points: str | list[str] | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = CacheMeta(attrs=_attrs(adapter, source, plan, dtype=dtype, store_dtype=store_dtype, prompt=prompt),
                      plan=plan)
-    return _run(adapter, source, chosen, meta, out=out, batch_size=batch_size, device=device, dtype=dtype,
-                workers=workers, prompt=prompt, overwrite=overwrite, ranks=ranks)
+    return _run(adapter, source, chosen, meta, out=out, batch_size=batch_size, device=device, workers=workers,
+                prompt=prompt, overwrite=overwrite, ranks=ranks)
 
 
 def _split(points) -> list[str]:
@@ -146,7 +146,7 @@ def _processor_print(adapter: Adapter) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _run(adapter, source, chosen, meta, *, out, batch_size, device, dtype, workers, prompt, overwrite, ranks):
+def _run(adapter, source, chosen, meta, *, out, batch_size, device, workers, prompt, overwrite, ranks):
     if overwrite and ranks.leader:
         check_existing(out, meta, overwrite=True)
     ranks.barrier()
@@ -167,9 +167,8 @@ def _run(adapter, source, chosen, meta, *, out, batch_size, device, dtype, worke
         info(f"extract: {len(source)} samples, {len(source) - todo_all} already done, {todo_all} to do{share} -> {out}")
     ranks.barrier()
     start = time.perf_counter()
-    _extract_batches(adapter, source, chosen, meta.plan, batches, parts, device=device, dtype=dtype,
-                     workers=workers, prompt=prompt, store=STORE_DTYPES[meta.attrs["store_dtype"]],
-                     show=ranks.leader)
+    _extract_batches(adapter, source, chosen, meta.plan, batches, parts, device=device, workers=workers,
+                     prompt=prompt, store=STORE_DTYPES[meta.attrs["store_dtype"]], show=ranks.leader)
     seconds = time.perf_counter() - start
     ranks.barrier()
     failed = {}
@@ -242,8 +241,7 @@ def _loader(dataset: _BatchData, workers: int | None):
                                        persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
-def _extract_batches(adapter, source, chosen, plan, batches, parts, *, device, dtype, workers, prompt, store,
-                     show=True):
+def _extract_batches(adapter, source, chosen, plan, batches, parts, *, device, workers, prompt, store, show=True):
     from tqdm import tqdm
 
     if not batches:
