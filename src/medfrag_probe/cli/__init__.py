@@ -9,7 +9,7 @@ import typer
 from .. import __version__
 from .._log import set_quiet
 from ..errors import UserError
-from . import cache_cmd, extract_cmd, models_cmd, probe_cmd, synth_cmd
+from . import bridge_cmd, cache_cmd, extract_cmd, models_cmd, probe_cmd, synth_cmd, vqa_cmd
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Find whether a vision-language model fails in what it sees or in what it does with it.")
@@ -32,6 +32,8 @@ models_cmd.register(app)
 extract_cmd.register(app)
 synth_cmd.register(app)
 probe_cmd.register(app)
+app.add_typer(vqa_cmd.app, name="vqa")
+bridge_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache")
 
 
@@ -51,8 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         # usage errors of typer's (vendored) click: a bad option or value is a user mistake
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            typer.echo(f"error: {exc.format_message()}", err=True)
-            sys.exit(2)
+            message = exc.format_message()
+            if message:  # empty for "no arguments: help was shown"
+                typer.echo(f"error: {message}", err=True)
+            sys.exit(exc.exit_code or 2)
         if type(exc).__name__ == "Abort":
             sys.exit(130)
         raise

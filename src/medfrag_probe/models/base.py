@@ -96,10 +96,19 @@ class Adapter:
     points: dict[str, Point] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     arch = ""  # set by the registry decorator
+    can_generate = False  # VLMs that answer questions (`chat_inputs` and `generate`)
 
     def prepare(self, images: list, prompt: str | None = None) -> dict[str, torch.Tensor]:
         """Turn RGB images (and an optional task prompt) into model inputs."""
         raise NotImplementedError
+
+    def chat_inputs(self, prompts: list[str], images: list | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs for one chat turn per prompt, each with its image (or none: text only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate text")
+
+    def generate(self, inputs: dict[str, torch.Tensor], *, max_new_tokens: int) -> list[str]:
+        """Greedy continuation of each row of `inputs`, decoded without special tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate text")
 
     def forward(self, inputs: dict[str, torch.Tensor], stage: str) -> None:
         """Run the model far enough to reach every point of `stage`."""

@@ -18,6 +18,7 @@ class HFVLMAdapter(Adapter):
 
     model_class = ""
     tower_family = "clip"
+    can_generate = True
 
     @classmethod
     def load(cls, target: str, *, spec: str, vision_only: bool, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -82,19 +83,43 @@ class HFVLMAdapter(Adapter):
         return None
 
     def prepare(self, images, prompt=None):
+        images = self.fit_images(images)
         if prompt is None:
             return dict(self.processor.image_processor(images=images, return_tensors="pt"))
         text = self.format_prompt(prompt)
         return dict(self.processor(text=[text] * len(images), images=self.images_arg(images),
                                    return_tensors="pt", padding=True))
 
+    def chat_inputs(self, prompts, images=None):
+        if images is None:
+            texts = [self.format_prompt(p, image=False) for p in prompts]
+            return dict(self.processor(text=texts, return_tensors="pt", padding=True))
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        texts = [self.format_prompt(p) for p in prompts]
+        return dict(self.processor(text=texts, images=self.images_arg(self.fit_images(images)), return_tensors="pt",
+                                   padding=True))
+
+    @torch.inference_mode()
+    def generate(self, inputs, *, max_new_tokens):
+        tokenizer = self.processor.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+        return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def fit_images(self, images):
+        """Images as this model's own preprocessing expects them before the processor (e.g. padded square)."""
+        return images
+
     def images_arg(self, images):
         """How this processor wants a batch of one image per prompt."""
         return images
 
-    def format_prompt(self, prompt: str) -> str:
-        """The processor's chat template around one image and `prompt`."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    def format_prompt(self, prompt: str, *, image: bool = True) -> str:
+        """The processor's chat template around one image (or none) and `prompt`."""
+        content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def image_inputs(self, inputs: dict) -> dict:

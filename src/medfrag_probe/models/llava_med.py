@@ -60,9 +60,9 @@ class LlavaOriginalAdapter(LlavaAdapter):
         adapter.info["lm_layers"] = raw.get("num_hidden_layers")
         return adapter
 
-    def prepare(self, images, prompt=None):
+    def fit_images(self, images):
         mean = tuple(int(round(255 * m)) for m in self.processor.image_processor.image_mean)
-        return super().prepare([_pad_square(image, mean) for image in images], prompt)
+        return [_pad_square(image, mean) for image in images]
 
 
 def _resolve(tower: str, *, relative_to: str) -> str:

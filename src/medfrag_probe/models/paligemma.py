@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .hf_vlm import HFVLMAdapter
 from .registry import register
 
@@ -11,10 +13,20 @@ from .registry import register
 @register("paligemma", model_types=("paligemma",))
 @dataclass
 class PaliGemmaAdapter(HFVLMAdapter):
-    """PaliGemma (`PaliGemmaForConditionalGeneration`)."""
+    """PaliGemma (`PaliGemmaForConditionalGeneration`): `<image>` tokens, BOS, the prompt and a newline."""
 
     model_class = "PaliGemmaForConditionalGeneration"
     tower_family = "siglip"
 
-    def format_prompt(self, prompt: str) -> str:
-        return prompt  # the processor prepends image tokens and BOS itself
+    def format_prompt(self, prompt: str, *, image: bool = True) -> str:
+        # the processor expands the leading <image> into the image tokens and adds BOS and the closing newline
+        return f"{self.processor.image_token}{prompt}" if image else prompt
+
+    def chat_inputs(self, prompts, images=None):
+        if images is not None:
+            return super().chat_inputs(prompts, images)
+        tokenizer = self.processor.tokenizer
+        texts = [f"{tokenizer.bos_token}{p}\n" for p in prompts]
+        inputs = dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+        inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])  # the whole prompt is the prefix
+        return inputs

@@ -359,3 +359,31 @@ def _tiny_timm(out: Path) -> str:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     query = "&".join(f"{k}={v}" for k, v in kwargs.items())
     return f"timm:vit_small_patch16_224?checkpoint={out / 'model.safetensors'}&{query}"
+
+
+@_tiny("text-encoder")
+def _tiny_text_encoder(out: Path) -> str:
+    """A tiny BERT sentence encoder (for the description pipeline's `encoder:` classifier)."""
+    import transformers
+
+    tok = tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], template=None,
+                    named={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"})
+    _seeded()
+    config = transformers.BertConfig(vocab_size=len(tok), hidden_size=WIDTH, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=2 * WIDTH, max_position_embeddings=512)
+    transformers.BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return f"hf:{out}"
+
+
+@_tiny("text-llm")
+def _tiny_text_llm(out: Path) -> str:
+    """A tiny Llama chat model (for the description pipeline's `llm:` classifier)."""
+    import transformers
+
+    tok = tokenizer(["<unk>", "<s>", "</s>", "<pad>"], template=LLAVA_TEMPLATE,
+                    named={"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
+    _seeded()
+    transformers.LlamaForCausalLM(_decoder("LlamaConfig", len(tok))).save_pretrained(out)
+    tok.save_pretrained(out)
+    return f"hf:{out}"

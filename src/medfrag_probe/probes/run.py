@@ -67,6 +67,7 @@ class ProbeResult:
     note: str = ""
     reads_point: str = ""
     model_fingerprint: str = ""
+    vision_fingerprint: str = ""
     data_fingerprint: str = ""
     predictions: str = ""
     seconds: float = 0.0
@@ -211,8 +212,9 @@ def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device, truth
     """Out-of-fold class probabilities for every evaluated row (NaN rows stay NaN), per k."""
     K = len(task.names)
     oof = {k: np.full((len(X), K), np.nan, np.float32) for k in k_values}
-    hyper: dict = {"C": []} if name == "linear" else {}
-    for fold, inner in zip(task.plan.folds, task.inner):
+    # val_score[f]: held-out score of fold f's chosen C on its training-side rows (what the bridge selects points by)
+    hyper: dict = {"C": [], "val_score": [None] * len(task.plan.folds)} if name == "linear" else {}
+    for f, (fold, inner) in enumerate(zip(task.plan.folds, task.inner)):
         train, test = fold.train[finite[fold.train]], fold.test[finite[fold.test]]
         if not len(test):
             continue
@@ -224,6 +226,7 @@ def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device, truth
                 groups=task.groups[train], folds=_restrict(inner, fold.train, finite))
             model.fit(X[train], labels[train], **kwargs)
             hyper["C"].append(model.C_)
+            hyper["val_score"][f] = float(model.cv_scores_.max()) if len(model.cv_scores_) else None
             oof[None][np.ix_(test, present)] = model.predict_proba(X[test])
         else:
             model.fit(X[train], labels[train])
@@ -271,6 +274,7 @@ def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, r
         per_class_recall=scores["per_class_recall"], confusion=scores["confusion"], folds=len(task.plan.folds),
         hyper=hyper, note=task.plan.note, reads_point=str(cache.attrs.get("reads_point", "")),
         model_fingerprint=str(cache.attrs.get("model_fingerprint", "")),
+        vision_fingerprint=str(cache.attrs.get("vision_fingerprint", "")),
         data_fingerprint=str(cache.attrs.get("data_fingerprint", "")), predictions=predictions,
         seconds=round(seconds, 3))
 

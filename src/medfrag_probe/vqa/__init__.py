@@ -1,1 +1,5 @@
-"""End-to-end answers of VLMs: prompts, parsing of free-text responses, robustness measures (in progress)."""
+"""End-to-end answers of VLMs: prompts, generation under controls, parsing, robustness measures, import."""
+
+from .run import CONDITIONS, VQARecord, vqa
+
+__all__ = ["CONDITIONS", "VQARecord", "vqa"]

@@ -32,7 +32,8 @@ _REFUSAL = re.compile(
     r"(?:consult|see|ask) (?:a|your|with a) (?:medical professional|doctor|physician|radiologist|dermatologist|"
     r"pathologist|healthcare (?:provider|professional)|specialist)|not (?:able|qualified) to (?:provide|give|make) "
     r"(?:a )?(?:medical )?(?:diagnos|advice)|cannot provide medical advice)")
-_HEDGE = re.compile(r"\b(?:unclear|uncertain|not (?:entirely )?sure|cannot be (?:determined|ruled out|confirmed)|"
+_HEDGE = re.compile(r"\b(?:unclear|uncertain|not (?:entirely )?sure|(?:can ?not|can't) (?:tell|say)|"
+                    r"cannot be (?:determined|ruled out|confirmed)|"
                     r"can't be (?:determined|ruled out)|difficult to (?:say|determine|tell)|hard to (?:say|tell)|"
                     r"may or may not|inconclusive|indeterminate|not possible to (?:say|determine|tell)|"
                     r"insufficient (?:information|detail)|ambiguous)\b")

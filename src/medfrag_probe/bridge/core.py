@@ -1,0 +1,458 @@
+"""`bridge`: set probe skill against VQA skill per (model, data) and attribute the failure to vision or reasoning.
+
+    from medfrag_probe.bridge import bridge
+    records = bridge("probes/tiny-llava", "probes/vqa/tiny-llava", out="probes/bridge")
+    records[0]["verdict"]          # vision-limited | reasoning-limited | both | sound
+
+Inputs: probe output folders (results.jsonl + per-sample predictions) and VQA output folders (summary.json +
+answers.jsonl), or parents holding several. A VQA run is joined to the probe results of the same model (tower +
+projector fingerprint, else the model spec) and data (fingerprint, else spec), sample by sample on sample id.
+
+Skills are chance-normalised balanced accuracies, `(bacc - 1/K) / (1 - 1/K)`, so a probe and a VQA answer are on one
+scale: 0 is chance, 1 perfect. The VQA class of a sample is the majority of the classes its answers name under the
+image condition (unanswered counts wrong).
+
+Probe points, both reported:
+- `reads`: the vision point the language model reads (from the cache), mean pooling where present;
+- `best`: chosen per outer fold by the linear probe's held-out score on that fold's training rows (inner CV or the
+  validation split), never on test rows; each test row is predicted by the point chosen for its fold.
+The verdict uses `best` (the most the vision side demonstrably holds).
+
+Verdict rule (defaults `seen_skill = 0.5`, `min_gap = 0.05`), from 95% patient-level paired bootstrap intervals:
+- seen: the lower bound of the probe skill CI (or of the VQA skill CI) is at least `seen_skill` -- the image
+  representation carries the class signal;
+- lost: the lower bound of the gap CI (probe skill - VQA skill) exceeds `min_gap` -- the answer loses part of it.
+  `sound` = seen and not lost; `reasoning-limited` = seen and lost; `vision-limited` = not seen and not lost;
+  `both` = not seen and lost.
+Attribution of the distance from a perfect answer: `vision_deficit = 1 - probe_skill`,
+`reasoning_deficit = probe_skill - vqa_skill` (they sum to `1 - vqa_skill`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._log import info
+from ..errors import UserError
+from ..probes.compare import read_predictions
+from ..probes.metrics import bootstrap_weights, interval
+from ..probes.run import point_order
+from ..vqa.measures import sample_classes
+
+VERDICTS = ("vision-limited", "reasoning-limited", "both", "sound")
+REPLICATES = 1000
+
+
+@dataclass(frozen=True)
+class BridgeRecord:
+    """One (model, data): probe vs VQA skill, the gap with its paired CI, the verdict and the per-sample table."""
+
+    model: str
+    data: str
+    task: str
+    point: str
+    pooling: str
+    probe_skill: float
+    probe_skill_ci: list | None
+    vqa_skill: float
+    vqa_skill_ci: list | None
+    gap: float
+    gap_ci: list | None
+    vision_deficit: float
+    reasoning_deficit: float
+    verdict: str
+    mcnemar_p: float
+    recoverable_errors: int
+    n: int
+    table: dict
+    reads_point: str
+    reads_skill: float | None
+    reads_skill_ci: list | None
+    reads_gap: float | None
+    reads_gap_ci: list | None
+    best_points: dict
+    description_skill: float | None
+    description_point: str
+    stages: list = field(default_factory=list)
+    rule: dict = field(default_factory=dict)
+    model_fingerprint: str = ""
+    vision_fingerprint: str = ""
+    data_fingerprint: str = ""
+    samples: str = ""
+
+
+@dataclass
+class _Joined:
+    """Probe and VQA per-sample predictions of one (model, data) on their shared samples."""
+
+    ids: np.ndarray
+    groups: np.ndarray
+    labels: np.ndarray  # class indices
+    classes: list[str]
+    probe_pred: np.ndarray
+    vqa_pred: np.ndarray  # class index, -1 when unanswered
+    weights: np.ndarray
+
+
+def bridge(probes, vqa, *, out: str | Path = "probes/bridge", probe: str = "linear", seen_skill: float = 0.5,
+           min_gap: float = 0.05, pairs=(), order=None, replicates: int = REPLICATES,
+           figures: bool = True) -> list[dict]:
+    """Join probe results and VQA answers; write bridge.jsonl, stages.csv, pairs.jsonl and figures under `out`.
+
+    `probes` / `vqa`: a folder or a list of folders. `pairs`: (generalist, medical) model specs compared per data.
+    `order`: data specs in ladder order (default: order of first appearance).
+    """
+    runs = find_vqa_runs(vqa)
+    results = read_probe_results(probes)
+    out = Path(out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    rule = {"seen_skill": seen_skill, "min_gap": min_gap, "probe": probe, "replicates": replicates}
+    records, joined = [], {}
+    for run in runs:
+        matched = match_results(results, run, probe=probe)
+        if not matched:
+            info(f"bridge: no {probe} probe results for {run['summary']['model']} on {run['summary']['data']}; "
+                 "skipped")
+            continue
+        record, join = _bridge_one(run, matched, out=out, rule=rule)
+        records.append(record)
+        joined[(record.model, record.data)] = join
+        info(f"bridge {record.model} on {record.data}: probe skill {record.probe_skill:.3f}, VQA skill "
+             f"{record.vqa_skill:.3f}, gap {record.gap:+.3f} {_fmt(record.gap_ci)} -> {record.verdict}")
+    if not records:
+        raise UserError("bridge found no VQA run with matching probe results (same model and data); "
+                        f"VQA runs: {', '.join(r['summary']['model'] + ' on ' + r['summary']['data'] for r in runs)}")
+    pair_rows = paired_deltas(records, joined, pairs, replicates=replicates)
+    _write(records, pair_rows, out)
+    if figures:
+        from .figures import bridge_figures
+
+        bridge_figures([asdict(r) for r in records], out, order=order)
+    return [asdict(r) for r in records]
+
+
+def _fmt(ci) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "[n/a]"
+
+
+def _folders(paths) -> list[Path]:
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UserError(f"{path} is not a folder")
+    return [Path(p) for p in paths]
+
+
+def find_vqa_runs(paths) -> list[dict]:
+    """Every VQA output folder (with summary.json and answers.jsonl) in or under `paths`."""
+    runs, folders = [], _folders(paths)
+    for root in folders:
+        for summary in sorted([root / "summary.json", *root.glob("*/summary.json"), *root.glob("*/*/summary.json")]):
+            if summary.is_file() and (summary.parent / "answers.jsonl").is_file():
+                runs.append({"dir": summary.parent, "summary": json.loads(summary.read_text())})
+    if not runs:
+        raise UserError(f"no VQA results (summary.json + answers.jsonl) in {', '.join(map(str, folders))}; "
+                        "run `medfrag-probe vqa` first")
+    return runs
+
+
+def read_probe_results(paths) -> list[dict]:
+    """Probe records of every results.jsonl in or under `paths`, with their predictions paths resolved."""
+    rows = []
+    for root in _folders(paths):
+        for path in sorted({root / "results.jsonl", *root.glob("*/results.jsonl")}):
+            if not path.is_file() or path.parent.name == "description":
+                continue
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                rec["predictions"] = str(_resolve_predictions(rec.get("predictions", ""), path.parent))
+                rows.append(rec)
+    if not rows:
+        raise UserError(f"no probe results (results.jsonl) in {paths}; run `medfrag-probe probe` first")
+    return rows
+
+
+def _resolve_predictions(path: str, folder: Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    return folder / "predictions" / candidate.name  # the results folder was moved or read from elsewhere
+
+
+def match_results(results: list[dict], run: dict, *, probe: str) -> list[dict]:
+    """Probe records of the VQA run's model and data (fingerprints first, else specs)."""
+    s = run["summary"]
+
+    def same(rec, key, fallback):
+        if rec.get(key) and s.get(key):
+            return rec[key] == s[key]
+        return rec.get(fallback) == s.get(fallback)
+
+    return [r for r in results if r["probe"] == probe and same(r, "model_fingerprint", "model")
+            and same(r, "data_fingerprint", "data")]
+
+
+def read_answers(folder: Path) -> list:
+    """answers.jsonl as light records (attribute access)."""
+    from types import SimpleNamespace
+
+    with (folder / "answers.jsonl").open() as fh:
+        return [SimpleNamespace(**json.loads(line)) for line in fh]
+
+
+def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tuple[BridgeRecord, dict]:
+    summary = run["summary"]
+    answers = [r for r in read_answers(run["dir"]) if r.condition == "image"]
+    vqa_class = sample_classes(answers)
+    rename = summary.get("class_map", {})
+    best_pred, best_points = select_best(matched)
+    reads_point = summary.get("reads_point") or matched[0].get("reads_point", "")
+    reads = _reads_result(matched, reads_point)
+    join = _join(best_pred, vqa_class, rename, replicates=rule["replicates"])
+    scores = _paired(join)
+    table, p_value = mcnemar(join)
+    seen = max((scores["probe_ci"] or [0])[0], (scores["vqa_ci"] or [0])[0]) >= rule["seen_skill"]
+    lost = scores["gap_ci"] is not None and scores["gap_ci"][0] > rule["min_gap"]
+    verdict = {(True, False): "sound", (True, True): "reasoning-limited", (False, False): "vision-limited",
+               (False, True): "both"}[(seen, lost)]
+    reads_scores = None
+    if reads is not None:
+        reads_join = _join(read_predictions(reads["predictions"]), vqa_class, rename, replicates=rule["replicates"])
+        reads_scores = _paired(reads_join)
+    description = _description(run)
+    name = f"{_slug(summary['model'])}__{_slug(summary['data'])}"
+    samples = out / "samples" / f"{name}.csv"
+    _write_samples(join, samples)
+    record = BridgeRecord(
+        model=summary["model"], data=summary["data"], task=summary.get("task", ""),
+        point=Counter(best_points.values()).most_common(1)[0][0].split("/")[0], pooling=_pooling(best_points),
+        probe_skill=scores["probe"], probe_skill_ci=scores["probe_ci"], vqa_skill=scores["vqa"],
+        vqa_skill_ci=scores["vqa_ci"], gap=scores["gap"], gap_ci=scores["gap_ci"],
+        vision_deficit=1 - scores["probe"], reasoning_deficit=scores["gap"], verdict=verdict, mcnemar_p=p_value,
+        recoverable_errors=table["probe_right_vqa_wrong"], n=len(join.ids), table=table, reads_point=reads_point,
+        reads_skill=reads_scores["probe"] if reads_scores else None,
+        reads_skill_ci=reads_scores["probe_ci"] if reads_scores else None,
+        reads_gap=reads_scores["gap"] if reads_scores else None,
+        reads_gap_ci=reads_scores["gap_ci"] if reads_scores else None, best_points=best_points,
+        description_skill=description[1], description_point=description[0],
+        stages=stage_curve(matched, summary, vqa=scores), rule=rule,
+        model_fingerprint=summary.get("model_fingerprint", ""),
+        vision_fingerprint=summary.get("vision_fingerprint") or matched[0].get("vision_fingerprint", ""),
+        data_fingerprint=summary.get("data_fingerprint", ""), samples=str(samples))
+    return record, join
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in text).strip("-")[:80]
+
+
+def _pooling(best_points: dict) -> str:
+    return Counter(v.split("/")[1] for v in best_points.values()).most_common(1)[0][0]
+
+
+def _reads_result(matched: list[dict], reads_point: str) -> dict | None:
+    at = [r for r in matched if r["point"] == reads_point]
+    if not at:
+        return None
+    return next((r for r in at if r["pooling"] == "mean"), at[0])
+
+
+def select_best(matched: list[dict]) -> tuple[dict, dict]:
+    """Out-of-fold predictions where each fold's rows come from the point with the best held-out (training-side)
+    score on that fold; returns the assembled predictions and {fold: "point/pooling"}."""
+    scored = [r for r in matched if any(v is not None for v in r.get("hyper", {}).get("val_score") or [])]
+    if not scored:
+        raise UserError("the probe results carry no held-out scores to choose a point by; re-run "
+                        "`medfrag-probe probe` (linear probes record them)")
+    preds = {id(r): read_predictions_with_folds(r["predictions"]) for r in scored}
+    base = preds[id(scored[0])]
+    folds = sorted(set(base["fold"].tolist()))
+    proba = np.full_like(base["proba"], np.nan)
+    chosen = {}
+    for fold in folds:
+        best = max(scored, key=lambda r: (_val(r, fold), -point_order(r["point"])[0]))
+        chosen[str(fold)] = f"{best['point']}/{best['pooling']}"
+        p = preds[id(best)]
+        if not np.array_equal(p["ids"], base["ids"]):
+            raise UserError(f"probe predictions {best['predictions']} list other samples than "
+                            f"{scored[0]['predictions']}")
+        rows = base["fold"] == fold
+        proba[rows] = p["proba"][rows]
+    return {**base, "proba": proba}, chosen
+
+
+def _val(record: dict, fold: int) -> float:
+    scores = record["hyper"]["val_score"]
+    value = scores[fold] if 0 <= fold < len(scores) else None
+    return -np.inf if value is None else float(value)
+
+
+def read_predictions_with_folds(path: str) -> dict:
+    """A predictions CSV as arrays, with its fold column."""
+    data = read_predictions(path)
+    with open(path, newline="") as fh:
+        data["fold"] = np.array([int(r["fold"]) for r in csv.DictReader(fh)])
+    return data
+
+
+def _join(pred: dict, vqa_class: dict, rename: dict, *, replicates: int) -> _Joined:
+    classes = [rename.get(c, c) for c in pred["classes"]]
+    index = {c: k for k, c in enumerate(classes)}
+    keep = np.array([i in vqa_class for i in pred["ids"]])
+    if not keep.any():
+        raise UserError("the probe predictions and the VQA answers share no sample id; were they made on the same "
+                        "data?")
+    ids = pred["ids"][keep]
+    unknown = {c for c in vqa_class.values() if c is not None and c not in index}
+    if unknown:
+        raise UserError(f"VQA classes {sorted(unknown)} are not among the probe's classes {classes}")
+    vqa_pred = np.array([index.get(vqa_class[i], -1) if vqa_class[i] is not None else -1 for i in ids])
+    groups = pred["groups"][keep]
+    return _Joined(ids=ids, groups=groups, labels=pred["labels"][keep], classes=classes,
+                   probe_pred=pred["proba"][keep].argmax(1), vqa_pred=vqa_pred,
+                   weights=bootstrap_weights(groups, replicates=replicates))
+
+
+def balanced_skill(correct: np.ndarray, labels: np.ndarray, n_classes: int, weights: np.ndarray | None = None):
+    """Skill of balanced accuracy (mean per-class recall, chance-normalised); per bootstrap replicate when
+    `weights` (R, n) is given."""
+    w = np.ones((1, len(labels))) if weights is None else weights
+    recalls = []
+    for k in range(n_classes):
+        rows = labels == k
+        if rows.any():
+            den = w[:, rows].sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recalls.append(np.where(den > 0, (w[:, rows] * correct[rows]).sum(1) / den, np.nan))
+    bacc = np.nanmean(np.stack(recalls), axis=0)
+    chance = 1 / n_classes
+    value = (bacc - chance) / (1 - chance)
+    return float(value[0]) if weights is None else value
+
+
+def _paired(join: _Joined) -> dict:
+    K = len(join.classes)
+    probe_ok = (join.probe_pred == join.labels).astype(float)
+    vqa_ok = (join.vqa_pred == join.labels).astype(float)
+    probe_boot = balanced_skill(probe_ok, join.labels, K, join.weights)
+    vqa_boot = balanced_skill(vqa_ok, join.labels, K, join.weights)
+    probe, vqa = balanced_skill(probe_ok, join.labels, K), balanced_skill(vqa_ok, join.labels, K)
+    return {"probe": probe, "probe_ci": interval(probe_boot), "vqa": vqa, "vqa_ci": interval(vqa_boot),
+            "gap": probe - vqa, "gap_ci": interval(probe_boot - vqa_boot), "probe_boot": probe_boot,
+            "vqa_boot": vqa_boot}
+
+
+def mcnemar(join: _Joined) -> tuple[dict, float]:
+    """The 2x2 of probe-correct x VQA-correct and McNemar's exact (binomial) two-sided p-value."""
+    from scipy.stats import binomtest
+
+    probe_ok = join.probe_pred == join.labels
+    vqa_ok = join.vqa_pred == join.labels
+    table = {"both_right": int((probe_ok & vqa_ok).sum()), "probe_right_vqa_wrong": int((probe_ok & ~vqa_ok).sum()),
+             "probe_wrong_vqa_right": int((~probe_ok & vqa_ok).sum()), "both_wrong": int((~probe_ok & ~vqa_ok).sum())}
+    discordant = table["probe_right_vqa_wrong"] + table["probe_wrong_vqa_right"]
+    p_value = 1.0 if discordant == 0 else float(binomtest(table["probe_right_vqa_wrong"], discordant, 0.5).pvalue)
+    return table, p_value
+
+
+def _description(run: dict) -> tuple[str, float | None]:
+    points = run["summary"].get("description", {}).get("points", [])
+    if not points:
+        return "", None
+    best = max(points, key=lambda p: p.get("skill") if p.get("skill") is not None else -np.inf)
+    return best["point"], best.get("skill")
+
+
+def stage_curve(matched: list[dict], summary: dict, *, vqa: dict) -> list[dict]:
+    """Skill along the pipeline: vision points -> projector -> language-model points -> description -> answer.
+
+    Each probe point contributes its best pooling (by skill); every value carries its 95% CI."""
+    best: dict[str, dict] = {}
+    for r in matched:
+        if r["point"] not in best or r["skill"] > best[r["point"]]["skill"]:
+            best[r["point"]] = r
+    stages = [{"stage": _stage_of(p), "point": p, "pooling": r["pooling"], "skill": r["skill"],
+               "skill_ci": r.get("skill_ci")} for p, r in sorted(best.items(), key=lambda kv: point_order(kv[0]))]
+    for point in summary.get("description", {}).get("points", []):
+        stages.append({"stage": "description", "point": point["point"], "pooling": "mean", "skill": point["skill"],
+                       "skill_ci": point.get("skill_ci")})
+    stages.append({"stage": "answer", "point": "answer", "pooling": "vote", "skill": vqa["vqa"],
+                   "skill_ci": vqa["vqa_ci"]})
+    return stages
+
+
+def _stage_of(point: str) -> str:
+    if point.startswith("lm."):
+        return "language"
+    return "projector" if point.startswith("projector") else "vision"
+
+
+def paired_deltas(records: list[BridgeRecord], joined: dict, pairs, *, replicates: int) -> list[dict]:
+    """Medical minus generalist probe and VQA skill per data, with paired bootstrap CIs over shared samples."""
+    rows = []
+    by_key = {(r.model, r.data): r for r in records}
+    for generalist, medical in pairs:
+        for data in dict.fromkeys(r.data for r in records):
+            a, b = by_key.get((generalist, data)), by_key.get((medical, data))
+            if a is None or b is None:
+                continue
+            rows.append(_delta(a, b, joined[(a.model, data)], joined[(b.model, data)], replicates=replicates))
+    models = {r.model for r in records}
+    for generalist, medical in pairs:
+        for spec in (generalist, medical):
+            if spec not in models:
+                raise UserError(f"pair model {spec!r} has no bridge record; models: {', '.join(sorted(models))}")
+    return rows
+
+
+def _delta(a: BridgeRecord, b: BridgeRecord, ja: _Joined, jb: _Joined, *, replicates: int) -> dict:
+    shared, ia, ib = np.intersect1d(ja.ids, jb.ids, return_indices=True)
+    K = len(ja.classes)
+    weights = bootstrap_weights(ja.groups[ia], replicates=replicates)
+    labels = ja.labels[ia]
+    out = {"generalist": a.model, "medical": b.model, "data": a.data, "n": int(len(shared)),
+           "identical_vision_tower": bool(a.vision_fingerprint) and a.vision_fingerprint == b.vision_fingerprint}
+    for name, pa, pb in (("probe", ja.probe_pred[ia], jb.probe_pred[ib]), ("vqa", ja.vqa_pred[ia], jb.vqa_pred[ib])):
+        ok_a, ok_b = (pa == labels).astype(float), (pb == labels).astype(float)
+        delta = balanced_skill(ok_b, labels, K) - balanced_skill(ok_a, labels, K)
+        boot = balanced_skill(ok_b, labels, K, weights) - balanced_skill(ok_a, labels, K, weights)
+        out[f"{name}_delta"] = delta
+        out[f"{name}_delta_ci"] = interval(boot)
+    return out
+
+
+def _write_samples(join: _Joined, path: Path) -> None:
+    names = join.classes
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sample_id", "group", "label", "probe_pred", "vqa_pred", "probe_correct", "vqa_correct"])
+        for i in range(len(join.ids)):
+            vqa = names[join.vqa_pred[i]] if join.vqa_pred[i] >= 0 else ""
+            writer.writerow([join.ids[i], join.groups[i], names[join.labels[i]], names[join.probe_pred[i]], vqa,
+                             int(join.probe_pred[i] == join.labels[i]), int(join.vqa_pred[i] == join.labels[i])])
+    os.replace(tmp, path)
+
+
+def _write(records: list[BridgeRecord], pairs: list[dict], out: Path) -> None:
+    def atomic(name: str, text: str) -> None:
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+    atomic("bridge.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    atomic("pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    lines = ["model,data,stage,point,pooling,skill,skill_low,skill_high"]
+    for r in records:
+        for s in r.stages:
+            ci = s.get("skill_ci") or [None, None]
+            lines.append(",".join(str(v) for v in (r.model, r.data, s["stage"], s["point"], s["pooling"],
+                                                    s["skill"], ci[0], ci[1])))
+    atomic("stages.csv", "\n".join(lines) + "\n")

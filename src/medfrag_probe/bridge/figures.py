@@ -1,0 +1,157 @@
+"""Bridge figures: stage curves, probe-vs-VQA scatter with the diagonal, and the difficulty ladder."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+VERDICT_COLOURS = {"sound": "#2a9d3f", "reasoning-limited": "#e07b00", "vision-limited": "#c0392b",
+                   "both": "#7d3c98"}
+
+
+def _short(name: str) -> str:
+    name = re.sub(r"^vision\.block\.", "v", re.sub(r"^lm\.block\.", "lm", name))
+    return name.replace("vision.", "").replace("description.", "desc:")
+
+
+def _err(value, ci):
+    if not ci:
+        return [[0], [0]]
+    return [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
+
+
+def bridge_figures(records: list[dict], out: Path, *, order=None) -> list[Path]:
+    """Write every bridge figure under `out/figures/`; returns their paths."""
+    folder = out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    data_order = _data_order(records, order)
+    paths = [stage_curves(records, folder / "stage_curves.png", data_order=data_order),
+             scatter(records, folder / "probe_vs_vqa.png"),
+             ladder(records, folder / "ladder.png", data_order=data_order)]
+    plt.close("all")
+    return paths
+
+
+def _data_order(records, order) -> list[str]:
+    seen = list(dict.fromkeys(r["data"] for r in records))
+    if not order:
+        return seen
+    ranked = [d for d in order if d in seen]
+    return ranked + [d for d in seen if d not in ranked]
+
+
+def stage_curves(records, path: Path, *, data_order) -> Path:
+    """One panel per data source: skill at each stage (vision blocks -> projector -> LM -> description -> answer)."""
+    fig, axes = plt.subplots(1, len(data_order), figsize=(6.2 * len(data_order), 4.4), squeeze=False)
+    for ax, data in zip(axes[0], data_order):
+        rows = [r for r in records if r["data"] == data]
+        stages = []
+        for r in rows:
+            for s in r["stages"]:
+                label = _short(s["point"])
+                if label not in stages:
+                    stages.append(label)
+        x = {label: i for i, label in enumerate(stages)}
+        for r in rows:
+            xs = [x[_short(s["point"])] for s in r["stages"]]
+            ys = np.array([s["skill"] if s["skill"] is not None else np.nan for s in r["stages"]], dtype=float)
+            lo = np.array([(s.get("skill_ci") or [np.nan])[0] for s in r["stages"]], dtype=float)
+            hi = np.array([(s.get("skill_ci") or [np.nan, np.nan])[1] for s in r["stages"]], dtype=float)
+            (line,) = ax.plot(xs, ys, marker="o", ms=3.5, label=f"{r['model']} ({r['verdict']})")
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        bounds = _stage_bounds(rows[0]["stages"], x)
+        for name, (a, b) in bounds.items():
+            ax.axvspan(a - 0.5, b + 0.5, color={"vision": "#eef3fb", "projector": "#fbf3e6", "language": "#eefaf0",
+                                                "description": "#f6eefb", "answer": "#fdecea"}[name], zorder=-1)
+            ax.text((a + b) / 2, 1.04, name, ha="center", va="bottom", fontsize=8, color="#555")
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels(stages, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(-0.35, 1.12)
+        ax.set_ylabel("skill (0 = chance, 1 = perfect)")
+        ax.set_title(data, fontsize=10, pad=16)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _stage_bounds(stages, x) -> dict:
+    bounds: dict[str, list[int]] = {}
+    for s in stages:
+        i = x[_short(s["point"])]
+        low, high = bounds.get(s["stage"], [i, i])
+        bounds[s["stage"]] = [min(low, i), max(high, i)]
+    return bounds
+
+
+def scatter(records, path: Path) -> Path:
+    """Probe skill (x) against VQA skill (y), 95% CIs, coloured by verdict; below the diagonal = lost read-out."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    ax.plot([-0.3, 1.05], [-0.3, 1.05], color="grey", lw=0.8, ls="--", label="VQA = probe")
+    for r in records:
+        colour = VERDICT_COLOURS.get(r["verdict"], "black")
+        ax.errorbar(r["probe_skill"], r["vqa_skill"], xerr=_err(r["probe_skill"], r["probe_skill_ci"]),
+                    yerr=_err(r["vqa_skill"], r["vqa_skill_ci"]), fmt="o", color=colour, ms=6, capsize=2)
+        ax.annotate(f"{r['model']}\n{r['data']}", (r["probe_skill"], r["vqa_skill"]), fontsize=6,
+                    xytext=(4, 4), textcoords="offset points")
+    for verdict, colour in VERDICT_COLOURS.items():
+        ax.plot([], [], "o", color=colour, label=verdict)
+    ax.set_xlim(-0.3, 1.05)
+    ax.set_ylim(-0.3, 1.05)
+    ax.set_xlabel("probe skill (vision representation)")
+    ax.set_ylabel("VQA skill (the answer)")
+    ax.set_title("What the encoder holds vs what the model says", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def ladder(records, path: Path, *, data_order) -> Path:
+    """Tasks in their configured order (x); per model, probe skill (filled) and VQA skill (open) joined by a bar."""
+    models = list(dict.fromkeys(r["model"] for r in records))
+    by = {(r["model"], r["data"]): r for r in records}
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.9 * len(data_order) + 2), 4.4))
+    width = 0.7 / max(1, len(models))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for m, model in enumerate(models):
+        colour = colours[m % len(colours)]
+        for d, data in enumerate(data_order):
+            r = by.get((model, data))
+            if r is None:
+                continue
+            xpos = d - 0.35 + width * (m + 0.5)
+            ax.plot([xpos, xpos], [r["vqa_skill"], r["probe_skill"]], color=colour, lw=1.2, alpha=0.6)
+            ax.plot(xpos, r["probe_skill"], "o", color=colour, ms=7, label=model if d == 0 else None)
+            ax.plot(xpos, r["vqa_skill"], "o", mfc="white", mec=colour, ms=7)
+    ax.plot([], [], "o", color="grey", label="probe (filled)")
+    ax.plot([], [], "o", mfc="white", mec="grey", label="VQA (open)")
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(data_order)))
+    ax.set_xticklabels([_wrap(d) for d in data_order], fontsize=8)
+    ax.set_ylabel("skill (0 = chance, 1 = perfect)")
+    ax.set_title("Difficulty ladder: probe vs VQA per task", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    return "\n".join(text[i:i + width] for i in range(0, len(text), width))
+
+
+def group_by(records, key: str) -> dict:
+    """Records grouped by one field (helper for reports)."""
+    out = defaultdict(list)
+    for r in records:
+        out[r[key]].append(r)
+    return dict(out)

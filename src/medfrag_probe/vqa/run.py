@@ -1,0 +1,469 @@
+"""`vqa`: ask a VLM every prompt of a task about every image, under controls, and score the answers.
+
+    from medfrag_probe.vqa import vqa
+    summary = vqa("tiny:llava", "synth:brain-mri?n=64", "synth-brain-mri", conditions=("image", "no-image"))
+    summary["conditions"]["image"]["accuracy"]
+
+Conditions: `image` (the sample's image), `no-image` (text only), `blank` (a uniform grey image of the sample's
+size) and `swap` (an image of another class from another patient, fixed by the seed). `no-image` and `blank` do not
+depend on the sample, so each prompt is generated once under them and its answer scored against every sample.
+Generation is greedy through the processor's chat template, batched with left padding.
+
+Writes `OUT/answers.jsonl` (one `VQARecord` per sample x prompt x condition) and `OUT/summary.json`. Work is
+written in fixed chunks of work items under `OUT/.parts/`, so a killed run resumes where it stopped; a run whose
+model, data, task or settings differ from the parts found is refused unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .._log import info, is_quiet
+from ..data.images import ImageError
+from ..data.sources import DataSource, open_source
+from ..errors import UserError, bad_choice
+from .parse import Parsed, parse_class, parse_option, parse_yes_no
+from .tasks import Prompt, Task, load_task
+
+CONDITIONS = ("image", "no-image", "blank", "swap")
+SHARED = ("no-image", "blank")  # conditions whose input does not depend on the sample
+CHUNK = 64  # work items per part file; fixed, so a resumed run finds the same grid whatever the batch size
+BLANK_GREY = (128, 128, 128)
+
+
+@dataclass(frozen=True)
+class VQARecord:
+    """One answer: a sample, a prompt, a condition, the raw response and how it was scored."""
+
+    sample_id: str
+    prompt_id: str
+    condition: str
+    response: str
+    parsed: str | None
+    correct: bool | None
+    refused: bool
+    answer_kind: str
+    kind: str
+    expected: str | None
+    class_pred: str | None
+    label: str
+    group: str
+    split: str
+    paraphrase: str = ""  # paraphrase group of the prompt ("" when none)
+    negated: bool = False  # the prompt is a negation: its expected answer is inverted
+    swap_id: str = ""
+    swap_label: str = ""
+    swap_expected: str | None = None
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A unit of generation: a prompt under a condition, for one sample (or for all, under shared conditions)."""
+
+    condition: str
+    prompt: Prompt
+    sample: int  # -1 under shared conditions
+
+
+def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Path = "probes/vqa",
+        batch_size: int = 8, max_new_tokens: int = 32, describe_tokens: int = 128, device: str = "auto",
+        dtype: str = "float32", seed: int = 0, split: str | None = None, limit: int | None = None,
+        describe_with: str | None = "vlm", overwrite: bool = False, trust_remote_code: bool = False) -> dict:
+    """Generate, parse and score answers; write answers.jsonl and summary.json under `out`; return the summary.
+
+    `model` is a model spec or a loaded adapter; `data` a data spec or source; `task` a task name, path or `Task`.
+    `prompts` keeps only the prompt ids (or kinds: yes_no, multiple_choice, open, describe, paraphrase) listed.
+    `describe_with` names the text classifier of the description pipeline (see `vqa.describe`), None to skip it.
+    """
+    from ..models.loading import load_adapter, resolve_device
+
+    conditions = check_conditions(conditions)
+    if describe_with:
+        from .describe import check_method
+
+        check_method(describe_with)
+    _check_numbers(batch_size=batch_size, max_new_tokens=max_new_tokens, describe_tokens=describe_tokens)
+    task = task if isinstance(task, Task) else load_task(task)
+    source = data if isinstance(data, DataSource) else open_source(data)
+    class_map = map_classes(task, source)
+    chosen = select_prompts(task, prompts)
+    rows = select_samples(source, split=split, limit=limit, seed=seed)
+    adapter = model if not isinstance(model, str) else load_adapter(model, lm=True, device=str(resolve_device(device)),
+                                                                     dtype=dtype, trust_remote_code=trust_remote_code)
+    if not adapter.can_generate:
+        raise UserError(f"model {adapter.spec} ({adapter.arch}) is an image encoder and cannot answer questions; vqa "
+                        "needs a vision-language model (llava, llava-next, gemma3, paligemma, qwen2-vl, ...)")
+    out = Path(out)
+    identity = _identity(adapter, source, task, chosen, rows, conditions=conditions, seed=seed,
+                         max_new_tokens=max_new_tokens, describe_tokens=describe_tokens)
+    parts = _start(out, identity, overwrite=overwrite, rows={s.id: i for i, s in enumerate(source.samples)})
+    swaps = swap_partners(source, rows, seed=seed)
+    items = plan_items(chosen, rows, conditions)
+    start = time.perf_counter()
+    _generate_all(adapter, source, items, swaps, parts, batch_size=batch_size,
+                  tokens={"answer": max_new_tokens, "describe": describe_tokens})
+    records = _score(task, source, class_map, chosen, rows, swaps, conditions, _read_parts(parts))
+    answered = {r.sample_id for r in records if r.condition == "image"}
+    extra = {"class_map": {source.classes[k]: v for k, v in class_map.items()},
+             "failed_samples": [source.samples[r].id for r in rows if source.samples[r].id not in answered]}
+    return _finish(records, out=out, parts=parts, task=task, source=source, adapter=adapter, identity=identity,
+                   seconds=time.perf_counter() - start, describe_with=describe_with, seed=seed, device=device,
+                   extra=extra)
+
+
+def check_conditions(conditions) -> list[str]:
+    """Validated condition names, in canonical order."""
+    if isinstance(conditions, str):
+        conditions = [c.strip() for c in conditions.split(",") if c.strip()]
+    for name in conditions:
+        if name not in CONDITIONS:
+            raise bad_choice("condition", name, CONDITIONS)
+    if "image" not in conditions:
+        raise UserError("conditions must include 'image' (the controls are measured against it)")
+    return [c for c in CONDITIONS if c in conditions]
+
+
+def _check_numbers(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+def select_prompts(task: Task, wanted) -> list[Prompt]:
+    """The task's prompts, or those whose id or kind is listed in `wanted` (comma-separated or a list)."""
+    prompts = task.prompts()
+    if not wanted:
+        return prompts
+    if isinstance(wanted, str):
+        wanted = [w.strip() for w in wanted.split(",") if w.strip()]
+    kinds = {"yes_no", "multiple_choice", "open", "describe", "paraphrase"}
+    ids = {p.id for p in prompts} | {p.id.rsplit("-", 1)[0] for p in prompts if p.kind == "multiple_choice"}
+    for name in wanted:
+        if name not in kinds and name not in ids:
+            raise bad_choice(f"prompt of task {task.name}", name, sorted(kinds) + sorted(ids))
+
+    def keep(p: Prompt) -> bool:
+        kind = "paraphrase" if p.group else p.kind
+        return kind in wanted or p.id in wanted or (p.kind == "multiple_choice" and p.id.rsplit("-", 1)[0] in wanted)
+
+    return [p for p in prompts if keep(p)]
+
+
+def map_classes(task: Task, source: DataSource) -> dict[int, str]:
+    """Task class of each source class index: same name, or a task synonym equal to the source's class name."""
+    def norm(text: str) -> str:
+        return text.lower().replace("_", " ").replace("-", " ").strip()
+
+    lookup = {norm(name): name for name in task.classes}
+    lookup.update({norm(s): name for name, synonyms in task.classes.items() for s in synonyms})
+    mapping = {}
+    for index, name in enumerate(source.classes):
+        if norm(name) not in lookup:
+            raise UserError(f"data class {name!r} is not a class of task {task.name}; task classes: "
+                            f"{', '.join(task.classes)} (add the data's name as a synonym in the task file)")
+        mapping[index] = lookup[norm(name)]
+    return mapping
+
+
+def select_samples(source: DataSource, *, split: str | None, limit: int | None, seed: int) -> np.ndarray:
+    """Row indices asked about: the given split (default: test when the source has splits, else all), at most
+    `limit` of them (a seeded random subset, kept in source order)."""
+    if split is None:
+        split = "test" if source.has_splits else "all"
+    valid = ("all", "train", "val", "test")
+    if split not in valid:
+        raise bad_choice("split", split, valid)
+    rows = np.arange(len(source))
+    if split != "all":
+        rows = np.array([i for i, s in enumerate(source.samples) if s.split == split], dtype=int)
+        if not len(rows):
+            raise UserError(f"data {source.spec} has no samples in split {split!r}; valid: all"
+                            + (", train, val, test" if source.has_splits else ""))
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"limit must be a positive integer, got {limit}")
+        if limit < len(rows):
+            rows = np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+    return rows
+
+
+def swap_partners(source: DataSource, rows: np.ndarray, *, seed: int) -> dict[int, int]:
+    """For each row, a row of another class from another patient (uniform over the other classes), fixed by `seed`."""
+    rng = np.random.default_rng(seed + 7)
+    labels = np.array([source.samples[i].label for i in rows])
+    groups = np.array([source.samples[i].group for i in rows])
+    partners = {}
+    for i, row in enumerate(rows):
+        others = [k for k in np.unique(labels) if k != labels[i]]
+        if not others:
+            continue
+        pool = rows[(labels == rng.choice(others)) & (groups != groups[i])]
+        if len(pool):
+            partners[int(row)] = int(rng.choice(pool))
+    return partners
+
+
+def plan_items(prompts: list[Prompt], rows: np.ndarray, conditions: list[str]) -> list[_Item]:
+    """Every generation to run, in a fixed order (descriptions only under the image condition)."""
+    items = []
+    for condition in conditions:
+        for prompt in prompts:
+            if prompt.kind == "describe" and condition != "image":
+                continue
+            if condition in SHARED:
+                items.append(_Item(condition, prompt, -1))
+            else:
+                items += [_Item(condition, prompt, int(row)) for row in rows]
+    return items
+
+
+def _identity(adapter, source, task, prompts, rows, **settings) -> dict:
+    prompt_text = json.dumps([[p.id, p.kind, p.render()] for p in prompts])
+    return {"model": adapter.spec, "model_fingerprint": adapter.fingerprints().get("model", ""),
+            "data": source.spec, "data_fingerprint": source.fingerprint(), "task": task.name,
+            "prompts_fingerprint": hashlib.sha256(prompt_text.encode()).hexdigest()[:16],
+            "rows_fingerprint": hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16],
+            **{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}}
+
+
+def _start(out: Path, identity: dict, *, overwrite: bool, rows: dict[str, int]) -> Path:
+    """The parts folder for this run: resumed when its identity matches, refused when it does not."""
+    parts = out / ".parts"
+    meta = parts / "identity.json"
+    finished = out / "summary.json"
+    previous = None
+    if meta.is_file():
+        previous = json.loads(meta.read_text())
+    elif finished.is_file():
+        previous = json.loads(finished.read_text()).get("identity")
+    if previous is not None and previous != identity and not overwrite:
+        diff = sorted(k for k in identity if previous.get(k) != identity[k])
+        raise UserError(f"{out} holds answers of a different run ({', '.join(diff)} differ); "
+                        "use --overwrite to replace them or --out to write elsewhere")
+    if previous != identity or overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
+    elif finished.is_file() and not meta.is_file():
+        _restore_parts(out, parts, rows)
+    parts.mkdir(parents=True, exist_ok=True)
+    _atomic(meta, json.dumps(identity, sort_keys=True))
+    return parts
+
+
+def _restore_parts(out: Path, parts: Path, rows: dict[str, int]) -> None:
+    """A finished run asked again with nothing changed: its answers become the parts, so nothing is generated."""
+    parts.mkdir(parents=True, exist_ok=True)
+    answers = out / "answers.jsonl"
+    restored = {}
+    for line in answers.read_text().splitlines() if answers.is_file() else []:
+        rec = json.loads(line)
+        sample = -1 if rec["condition"] in SHARED else rows[rec["sample_id"]]
+        restored[f"{rec['condition']}|{rec['prompt_id']}|{sample}"] = rec["response"]
+    _atomic(parts / "restored.jsonl", "".join(json.dumps({"key": k, "response": v}) + "\n"
+                                             for k, v in restored.items()))
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _key(item: _Item) -> str:
+    return f"{item.condition}|{item.prompt.id}|{item.sample}"
+
+
+def _read_parts(parts: Path) -> dict[str, str]:
+    """Responses generated so far, by work-item key."""
+    done = {}
+    for path in sorted(parts.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            done[row["key"]] = row["response"]
+    return done
+
+
+def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int, tokens: dict) -> None:
+    """Generate every chunk of work items not yet in the parts folder."""
+    from tqdm.auto import tqdm
+
+    done = _read_parts(parts)
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    todo = [(k, c) for k, c in enumerate(chunks) if not all(_key(item) in done for item in c)]
+    if len(todo) < len(chunks):
+        info(f"vqa: resuming; {len(chunks) - len(todo)} of {len(chunks)} chunks already answered")
+    images = _ImageCache(source)
+    with tqdm(total=sum(len(c) for _, c in todo), desc="vqa", unit="answer", disable=is_quiet()) as bar:
+        for k, chunk in todo:
+            rows = []
+            for batch in _batches([it for it in chunk if _key(it) not in done], batch_size):
+                for item, response in zip(batch, _answer(adapter, batch, images, swaps, tokens)):
+                    rows.append({"key": _key(item), "response": response})
+                bar.update(len(batch))
+            _atomic(parts / f"chunk-{k:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _batches(items: list[_Item], size: int):
+    """Batches of items sharing a condition and an answer length (descriptions apart)."""
+    by_kind: dict[tuple, list[_Item]] = {}
+    for item in items:
+        by_kind.setdefault((item.condition, item.prompt.kind == "describe"), []).append(item)
+    for group in by_kind.values():
+        for i in range(0, len(group), size):
+            yield group[i:i + size]
+
+
+class _ImageCache:
+    """Decoded images of the few rows a batch needs; a bad image is reported and answered as an empty response."""
+
+    def __init__(self, source: DataSource):
+        self.source = source
+        self.cache: dict[int, Image.Image | None] = {}
+        self.errors: dict[int, str] = {}
+
+    def get(self, row: int) -> Image.Image | None:
+        if row not in self.cache:
+            if len(self.cache) > 256:
+                self.cache.clear()
+            try:
+                self.cache[row] = self.source.image(row)
+            except ImageError as exc:
+                self.errors[row] = str(exc)
+                info(f"vqa: skipping {self.source.samples[row].id}: {exc}")
+                self.cache[row] = None
+        return self.cache[row]
+
+
+def _answer(adapter, batch: list[_Item], images: _ImageCache, swaps: dict[int, int], tokens: dict) -> list:
+    """Responses of one batch (same condition): images chosen per condition, then one generate call; None where
+    the image could not be read."""
+    condition = batch[0].condition
+    length = tokens["describe" if batch[0].prompt.kind == "describe" else "answer"]
+    texts = [item.prompt.render() for item in batch]
+    if condition == "no-image":
+        return adapter.generate(adapter.chat_inputs(texts), max_new_tokens=length)
+    if condition == "blank":
+        size = _first_size(images)
+        pictures = [Image.new("RGB", size, BLANK_GREY) for _ in batch]
+    else:
+        rows = [item.sample if condition == "image" else swaps.get(item.sample, -1) for item in batch]
+        pictures = [images.get(row) if row >= 0 else None for row in rows]
+    keep = [i for i, p in enumerate(pictures) if p is not None]
+    responses: list[str | None] = [None] * len(batch)
+    if keep:
+        answers = adapter.generate(adapter.chat_inputs([texts[i] for i in keep], [pictures[i] for i in keep]),
+                                   max_new_tokens=length)
+        for i, answer in zip(keep, answers):
+            responses[i] = answer
+    return responses
+
+
+def _first_size(images: _ImageCache) -> tuple[int, int]:
+    for row in range(len(images.source)):
+        image = images.get(row)
+        if image is not None:
+            return image.size
+    raise UserError(f"data {images.source.spec} has no readable image")
+
+
+def parse_answer(task: Task, prompt: Prompt, response: str) -> Parsed:
+    """Parse a response by the prompt's kind (descriptions are not parsed)."""
+    if prompt.kind == "yes_no":
+        return parse_yes_no(response)
+    if prompt.kind == "multiple_choice":
+        return parse_option(response, prompt.options)
+    if prompt.kind == "open":
+        return parse_class(response, task.classes)
+    return Parsed(None, "description")
+
+
+def implied_class(task: Task, prompt: Prompt, parsed: Parsed) -> str | None:
+    """The class an answer names: the option's class, the open answer, or yes/no where it picks one class."""
+    if not parsed.answered:
+        return None
+    if prompt.kind == "multiple_choice":
+        return prompt.options.get(parsed.answer)
+    if prompt.kind == "open":
+        return parsed.answer
+    if prompt.kind == "yes_no":
+        negative = [c for c in task.classes if c not in task.positive]
+        said_yes = (parsed.answer == "yes") != prompt.negated
+        chosen = task.positive if said_yes else negative
+        return chosen[0] if len(chosen) == 1 else None
+    return None
+
+
+def _score(task, source, class_map, prompts, rows, swaps, conditions, responses) -> list[VQARecord]:
+    """One record per sample x prompt x condition, shared-condition answers scored against every sample."""
+    records = []
+    for condition in conditions:
+        for prompt in prompts:
+            if prompt.kind == "describe" and condition != "image":
+                continue
+            for row in rows:
+                key = f"{condition}|{prompt.id}|{-1 if condition in SHARED else int(row)}"
+                if responses.get(key) is None:  # not generated, or its image could not be read
+                    continue
+                if condition == "swap" and int(row) not in swaps:
+                    continue
+                records.append(_record(task, source, class_map, prompt, condition, int(row), responses[key], swaps))
+    return records
+
+
+def _record(task, source, class_map, prompt, condition, row, response, swaps) -> VQARecord:
+    sample = source.samples[row]
+    label = class_map[sample.label]
+    parsed = parse_answer(task, prompt, response)
+    expected = task.expected(prompt, label)
+    swap = {}
+    if condition == "swap":
+        partner = source.samples[swaps[row]]
+        swap_label = class_map[partner.label]
+        swap = dict(swap_id=partner.id, swap_label=swap_label, swap_expected=task.expected(prompt, swap_label))
+    return VQARecord(sample_id=sample.id, prompt_id=prompt.id, condition=condition, response=response,
+                     parsed=parsed.answer, correct=None if expected is None else parsed.answer == expected,
+                     refused=parsed.kind == "refusal", answer_kind=parsed.kind, kind=prompt.kind, expected=expected,
+                     class_pred=implied_class(task, prompt, parsed), label=label, group=sample.group,
+                     split=sample.split, paraphrase=prompt.group, negated=prompt.negated, **swap)
+
+
+def _finish(records, *, out, parts, task, source, adapter, identity, seconds, describe_with, seed, device,
+            extra) -> dict:
+    """Write answers.jsonl, run the description pipeline, write summary.json, drop the parts."""
+    from .measures import summarise
+
+    _atomic(out / "answers.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    summary = summarise(records, task)
+    summary.update(model=adapter.spec, data=source.spec, task=task.name, classes=list(task.classes),
+                   model_fingerprint=identity["model_fingerprint"], data_fingerprint=identity["data_fingerprint"],
+                   vision_fingerprint=adapter.fingerprints().get("vision", ""), reads_point=adapter.reads_point or "",
+                   seconds=round(seconds, 2), identity=identity, **extra)
+    if describe_with and any(r.kind == "describe" for r in records):
+        from .describe import classify_descriptions
+
+        summary["description"] = classify_descriptions(records, source=source, task=task, adapter=adapter,
+                                                       method=describe_with, out=out / "description", seed=seed,
+                                                       device=device)
+    _atomic(out / "summary.json", json.dumps(summary, indent=1))
+    shutil.rmtree(parts, ignore_errors=True)
+    info(f"vqa {adapter.spec} on {source.spec}: {headline(summary)}; wrote {out / 'answers.jsonl'}")
+    return summary
+
+
+def headline(summary: dict) -> str:
+    """One line: accuracy (all / answered items), refusal rate and class skill under the image condition."""
+    def fmt(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    image = summary["conditions"].get("image", {})
+    return (f"accuracy {fmt(image.get('accuracy'))} over {image.get('n_items', 0)} items (answered "
+            f"{fmt(image.get('answered_accuracy'))}, refusals {fmt(image.get('refusal_rate'))}), class skill "
+            f"{fmt(summary['classification'].get('skill'))}")
