@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 _QUIET = False
@@ -11,6 +12,14 @@ def set_quiet(quiet: bool) -> None:
     """Silence progress bars and status lines (the `--quiet` flag)."""
     global _QUIET
     _QUIET = quiet
+    if quiet:  # the weight-loading bars of transformers and huggingface_hub too
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+        except ImportError:
+            pass
 
 
 def is_quiet() -> bool:

@@ -66,21 +66,36 @@ def stage_curves(records, path: Path, *, data_order) -> Path:
             hi = np.array([(s.get("skill_ci") or [np.nan, np.nan])[1] for s in r["stages"]], dtype=float)
             (line,) = ax.plot(xs, ys, marker="o", ms=3.5, label=f"{r['model']} ({r['verdict']})")
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        reads = _short(rows[0].get("reads_point") or "")
+        if reads in x:
+            ax.axvline(x[reads], color="#444", lw=0.9, ls=":", label="the LM reads this point")
         bounds = _stage_bounds(rows[0]["stages"], x)
         for name, (a, b) in bounds.items():
             ax.axvspan(a - 0.5, b + 0.5, color={"vision": "#eef3fb", "projector": "#fbf3e6", "language": "#eefaf0",
                                                 "description": "#f6eefb", "answer": "#fdecea"}[name], zorder=-1)
-            ax.text((a + b) / 2, 1.04, name, ha="center", va="bottom", fontsize=8, color="#555")
+            label = name if b > a else {"projector": "proj.", "description": "desc.", "language": "LM"}.get(name, name)
+            ax.text((a + b) / 2, 1.04, label, ha="center", va="bottom", fontsize=7, color="#555")
         ax.axhline(0, color="grey", lw=0.8, ls="--")
         ax.set_xticks(range(len(stages)))
         ax.set_xticklabels(stages, rotation=60, ha="right", fontsize=7)
-        ax.set_ylim(-0.35, 1.12)
+        ax.set_ylim(_floor(rows), 1.12)
         ax.set_ylabel("skill (0 = chance, 1 = perfect)")
         ax.set_title(data, fontsize=10, pad=16)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def _floor(records) -> float:
+    """Lower y limit: below the lowest skill or CI shown (skills go below 0 when answers are worse than chance)."""
+    values = [-0.2]
+    for r in records:
+        for s in r.get("stages", []):
+            values += [v for v in (s["skill"], *(s.get("skill_ci") or [])) if v is not None]
+        values += [v for v in (r.get("probe_skill"), r.get("vqa_skill"), *(r.get("vqa_skill_ci") or []),
+                               *(r.get("probe_skill_ci") or [])) if v is not None]
+    return min(values) - 0.08
 
 
 def _stage_bounds(stages, x) -> dict:
@@ -95,7 +110,8 @@ def _stage_bounds(stages, x) -> dict:
 def scatter(records, path: Path) -> Path:
     """Probe skill (x) against VQA skill (y), 95% CIs, coloured by verdict; below the diagonal = lost read-out."""
     fig, ax = plt.subplots(figsize=(5.6, 5.2))
-    ax.plot([-0.3, 1.05], [-0.3, 1.05], color="grey", lw=0.8, ls="--", label="VQA = probe")
+    low = _floor(records)
+    ax.plot([low, 1.05], [low, 1.05], color="grey", lw=0.8, ls="--", label="VQA = probe")
     for r in records:
         colour = VERDICT_COLOURS.get(r["verdict"], "black")
         ax.errorbar(r["probe_skill"], r["vqa_skill"], xerr=_err(r["probe_skill"], r["probe_skill_ci"]),
@@ -104,8 +120,8 @@ def scatter(records, path: Path) -> Path:
                     xytext=(4, 4), textcoords="offset points")
     for verdict, colour in VERDICT_COLOURS.items():
         ax.plot([], [], "o", color=colour, label=verdict)
-    ax.set_xlim(-0.3, 1.05)
-    ax.set_ylim(-0.3, 1.05)
+    ax.set_xlim(low, 1.05)
+    ax.set_ylim(low, 1.05)
     ax.set_xlabel("probe skill (vision representation)")
     ax.set_ylabel("VQA skill (the answer)")
     ax.set_title("What the encoder holds vs what the model says", fontsize=10)
@@ -145,8 +161,9 @@ def ladder(records, path: Path, *, data_order) -> Path:
     return path
 
 
-def _wrap(text: str, width: int = 22) -> str:
-    return "\n".join(text[i:i + width] for i in range(0, len(text), width))
+def _wrap(text: str) -> str:
+    """A data spec over lines at its natural breaks (`?`, `&`)."""
+    return text.replace("?", "\n?").replace("&", "\n&")
 
 
 def group_by(records, key: str) -> dict:

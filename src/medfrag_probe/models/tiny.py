@@ -23,6 +23,7 @@ VERSION = "v1"
 IMAGE = 32
 WIDTH = 64
 TINY: dict[str, Callable[[Path], str]] = {}
+TINY_TEXT: dict[str, Callable[[Path], str]] = {}  # text-only models for the description pipeline (not adapters)
 
 WORDS = ("yes no the image shows a an is there this of in on with what which does show answer describe brain mri "
          "tumor tumour mass glioma meningioma pituitary no_tumor chest x-ray xray pneumonia normal lung opacity "
@@ -35,16 +36,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("MEDFRAG_CACHE", "cache"))
 
 
-def _tiny(name: str):
+def _tiny(name: str, registry: dict | None = None):
     def wrap(build: Callable[[Path], str]):
-        TINY[name] = build
+        (TINY if registry is None else registry)[name] = build
         return build
     return wrap
 
 
 def tiny_spec(name: str) -> str:
     """Build `tiny:NAME` if needed and return the real-checkpoint spec that loads it."""
-    if name not in TINY:
+    builders = {**TINY, **TINY_TEXT}
+    if name not in builders:
         raise bad_choice("tiny model", name, sorted(TINY))
     root = cache_root() / "models" / f"tiny-{name}-{VERSION}"
     marker = root / "spec.txt"
@@ -52,7 +54,7 @@ def tiny_spec(name: str) -> str:
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".tiny-{name}-", dir=root.parent))
         try:
-            spec = TINY[name](staging)
+            spec = builders[name](staging)
             (staging / "spec.txt").write_text(spec.replace(str(staging), "{dir}"))
             try:
                 staging.rename(root)
@@ -361,7 +363,7 @@ def _tiny_timm(out: Path) -> str:
     return f"timm:vit_small_patch16_224?checkpoint={out / 'model.safetensors'}&{query}"
 
 
-@_tiny("text-encoder")
+@_tiny("text-encoder", TINY_TEXT)
 def _tiny_text_encoder(out: Path) -> str:
     """A tiny BERT sentence encoder (for the description pipeline's `encoder:` classifier)."""
     import transformers
@@ -376,7 +378,7 @@ def _tiny_text_encoder(out: Path) -> str:
     return f"hf:{out}"
 
 
-@_tiny("text-llm")
+@_tiny("text-llm", TINY_TEXT)
 def _tiny_text_llm(out: Path) -> str:
     """A tiny Llama chat model (for the description pipeline's `llm:` classifier)."""
     import transformers

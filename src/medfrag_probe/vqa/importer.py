@@ -133,11 +133,13 @@ class _SampleLocator:
         self.index = {s.id: i for i, s in enumerate(source.samples)}
         self.tails = {}
         for i, s in enumerate(source.samples):
-            for tail in (s.id, Path(s.id).name, Path(s.id).stem):
+            for tail in (s.id, _no_ext(s.id), Path(s.id).name, _no_ext(Path(s.id).name)):
                 self.tails.setdefault(tail, i)
         self.field = id_field or self._detect(rows, path)
 
     def _detect(self, rows: list[dict], path: Path) -> str:
+        if all(_get(r, "sample_id") is not None for r in rows):
+            return "sample_id"  # declared: used as is, so a wrong id is reported row by row
         for name in ID_FIELDS:
             values = [_get(r, name) for r in rows[:50]]
             if all(v is not None for v in values) and any(self._find(v) is not None for v in values):
@@ -159,10 +161,11 @@ class _SampleLocator:
         text = str(value).replace("\\", "/")
         if text in self.index:
             return self.index[text]
-        for i in range(text.count("/") + 1):  # a longer path ending in a sample id
+        for i in range(text.count("/") + 1):  # a longer path ending in a sample id (with or without extension)
             tail = text.split("/", i)[-1]
-            if tail in self.tails:
-                return self.tails[tail]
+            for key in (tail, _no_ext(tail)):
+                if key in self.tails:
+                    return self.tails[key]
         return None
 
     def __call__(self, row: dict, where: str) -> int:
@@ -232,6 +235,10 @@ class _PromptMatcher:
             self.by_id[prompt.id] = prompt
             self.added.append(prompt)
         return self.by_id[prompt.id]
+
+
+def _no_ext(path: str) -> str:
+    return re.sub(r"\.(png|jpe?g|bmp|tiff?|gif|webp|dcm|dicom|nii(\.gz)?|npy)$", "", path, flags=re.IGNORECASE)
 
 
 def _norm(text: str) -> str:

@@ -1,0 +1,211 @@
+"""Bridge: verdicts on constructed cases with known answers, point selection, pairs, figures, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from medfrag_probe.bridge import VERDICTS, bridge
+from medfrag_probe.data.sources import open_source
+from medfrag_probe.errors import UserError
+from medfrag_probe.probes import probe
+from medfrag_probe.vqa.importer import import_answers
+
+TASK = "synth-brain-mri"
+BRIDGE_KEYS = {"model", "data", "point", "probe_skill", "vqa_skill", "gap", "gap_ci", "vision_deficit",
+               "reasoning_deficit", "verdict", "mcnemar_p", "recoverable_errors"}
+
+
+def write_cache(path, source, points: dict[str, np.ndarray], *, model: str, vision: str = "tower-a"):
+    """A cache with the minimal schema plus the identity attributes extract writes."""
+    string = h5py.string_dtype()
+    with h5py.File(path, "w") as fh:
+        fh.attrs.update(model=model, data=source.spec, data_fingerprint=source.fingerprint(),
+                        model_fingerprint=f"fp-{model}", vision_fingerprint=vision, reads_point="vision.block.01")
+        fh.create_dataset("classes", data=np.array(source.classes, dtype=object), dtype=string)
+        fh.create_dataset("samples/id", data=np.array([s.id for s in source.samples], dtype=object), dtype=string)
+        fh.create_dataset("samples/label", data=np.array([s.label for s in source.samples]))
+        fh.create_dataset("samples/group", data=np.array([s.group for s in source.samples], dtype=object),
+                          dtype=string)
+        for name, X in points.items():
+            fh.create_dataset(f"emb/{name}/mean", data=X.astype(np.float32))
+
+
+def embeddings(source, separation: float, rng, dim: int = 16) -> np.ndarray:
+    labels = np.array([s.label for s in source.samples])
+    X = rng.normal(size=(len(labels), dim))
+    X[np.arange(len(labels)), labels] += separation
+    return X
+
+
+def write_answers(path, source, *, correct: float, rng):
+    """Multiple-choice and open answers, right with probability `correct`, otherwise a random other class."""
+    names = list(source.classes)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sample_id", "prompt_id", "response"])
+        for s in source.samples:
+            right = rng.random() < correct
+            k = s.label if right else rng.choice([c for c in range(len(names)) if c != s.label])
+            writer.writerow([s.id, "mc-diagnosis-fwd", f"The answer is ({chr(65 + k)})."])
+            writer.writerow([s.id, "open-diagnosis", f"This looks like {names[k].replace('_', ' ')}."])
+
+
+def case(tmp_path, *, seed: int, separation: float, correct: float, model: str = "fake-vlm", n: int = 160):
+    source = open_source(f"synth:brain-mri?n={n}&seed={seed}")
+    rng = np.random.default_rng(seed)
+    cache = tmp_path / f"{model}.h5"
+    write_cache(cache, source, {"vision.block.00": rng.normal(size=(n, 16)),
+                                "vision.block.01": embeddings(source, separation, rng)}, model=model)
+    probe([cache], probes=("linear",), out=tmp_path / "probes", replicates=300, controls=False, seed=seed,
+          figures=False)
+    write_answers(tmp_path / f"{model}.csv", source, correct=correct, rng=rng)
+    import_answers(tmp_path / f"{model}.csv", source, TASK, out=tmp_path / "vqa" / model, model=model)
+    return source
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("separation, correct, verdict", [
+    (6.0, 0.25, "reasoning-limited"),  # the encoder separates the classes; the answers are random
+    (0.0, 0.25, "vision-limited"),  # noise embeddings, random answers
+    (6.0, 0.97, "sound"),  # both good
+    (1.1, 0.0, "both"),  # a weak signal (probe skill ~0.3) that the answers lose entirely
+])
+def test_verdicts_on_constructed_cases_hold_across_seeds(tmp_path, seed, separation, correct, verdict):
+    case(tmp_path, seed=seed, separation=separation, correct=correct)
+    (record,) = bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / "bridge", replicates=300,
+                       figures=False)
+    assert record["verdict"] == verdict, {k: record[k] for k in ("probe_skill", "probe_skill_ci", "vqa_skill",
+                                                                 "gap", "gap_ci")}
+    assert BRIDGE_KEYS <= set(record)
+    assert record["vision_deficit"] == pytest.approx(1 - record["probe_skill"])
+    assert record["reasoning_deficit"] == pytest.approx(record["probe_skill"] - record["vqa_skill"])
+    assert record["gap_ci"][0] <= record["gap"] <= record["gap_ci"][1]
+    table = record["table"]
+    assert sum(table.values()) == record["n"] == 160
+    assert record["recoverable_errors"] == table["probe_right_vqa_wrong"]
+    if verdict == "reasoning-limited":
+        assert record["mcnemar_p"] < 1e-6 and record["recoverable_errors"] > 60
+
+
+def test_best_point_is_chosen_on_training_rows_and_reads_point_is_reported(tmp_path):
+    case(tmp_path, seed=0, separation=6.0, correct=0.25)
+    (record,) = bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / "bridge", replicates=200,
+                       figures=False)
+    assert set(record["best_points"].values()) == {"vision.block.01/mean"}  # never the noise point
+    assert record["point"] == "vision.block.01"
+    assert record["reads_point"] == "vision.block.01" and record["reads_skill"] == pytest.approx(record["probe_skill"])
+    stages = [s["point"] for s in record["stages"]]
+    assert stages == ["vision.block.00", "vision.block.01", "answer"]
+
+
+def test_the_score_that_picks_a_point_never_sees_test_rows(tmp_path):
+    """Replacing the features of fold 0's test rows by noise leaves fold 0's selection score unchanged (it comes from
+    inner CV on fold 0's training rows) while fold 0's test accuracy collapses."""
+    source = open_source("synth:brain-mri?n=160&seed=5")
+    X = embeddings(source, 4.0, np.random.default_rng(5))
+    runs = []
+    for name, features in (("clean", X), ("spoiled", None)):
+        if features is None:
+            folds = _folds(runs[0][1])
+            features = X.copy()
+            test0 = np.array([folds[s.id] == 0 for s in source.samples])
+            features[test0] = np.random.default_rng(0).normal(size=(test0.sum(), X.shape[1]))
+        write_cache(tmp_path / f"{name}.h5", source, {"vision.block.01": features}, model=name)
+        (result,) = probe([tmp_path / f"{name}.h5"], probes=("linear",), out=tmp_path / name, replicates=50,
+                          controls=False, figures=False)
+        runs.append((result.hyper["val_score"], result.predictions))
+    assert runs[0][0][0] == runs[1][0][0]
+    assert runs[0][0][1:] != runs[1][0][1:]  # elsewhere those rows are training rows, and they do count
+    assert _fold_accuracy(runs[0][1], 0) > 0.9 and _fold_accuracy(runs[1][1], 0) < 0.5
+
+
+def _folds(predictions) -> dict[str, int]:
+    return {r["sample_id"]: int(r["fold"]) for r in csv.DictReader(open(predictions))}
+
+
+def _fold_accuracy(predictions, fold: int) -> float:
+    rows = [r for r in csv.DictReader(open(predictions)) if int(r["fold"]) == fold]
+    return float(np.mean([int(r["correct"]) for r in rows]))
+
+
+def test_pairs_report_paired_deltas_and_flag_identical_towers(tmp_path):
+    source = open_source("synth:brain-mri?n=160&seed=4")
+    rng = np.random.default_rng(4)
+    X = embeddings(source, 6.0, rng)
+    for model, correct in (("generalist", 0.25), ("medical", 0.9)):
+        write_cache(tmp_path / f"{model}.h5", source, {"vision.block.01": X}, model=model, vision="same-tower")
+        probe([tmp_path / f"{model}.h5"], probes=("linear",), out=tmp_path / "probes" / model, replicates=200,
+              controls=False, figures=False)
+        write_answers(tmp_path / f"{model}.csv", source, correct=correct, rng=rng)
+        import_answers(tmp_path / f"{model}.csv", source, TASK, out=tmp_path / "vqa" / model, model=model)
+    bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / "bridge", pairs=[("generalist", "medical")],
+           replicates=300)
+    (pair,) = [json.loads(line) for line in (tmp_path / "bridge" / "pairs.jsonl").read_text().splitlines()]
+    assert pair["identical_vision_tower"] is True
+    assert pair["probe_delta"] == pytest.approx(0.0, abs=1e-9)  # same embeddings, same folds: same probe
+    assert pair["vqa_delta"] > 0.5 and pair["vqa_delta_ci"][0] > 0.4
+    for name in ("stage_curves", "probe_vs_vqa", "ladder"):
+        assert (tmp_path / "bridge" / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((tmp_path / "bridge" / "stages.csv").open()))
+    assert {r["model"] for r in rows} == {"generalist", "medical"}
+
+
+def test_unmatched_inputs_get_clear_errors(tmp_path):
+    case(tmp_path, seed=0, separation=6.0, correct=0.5)
+    with pytest.raises(UserError, match="no VQA results"):
+        bridge(tmp_path / "probes", tmp_path / "probes", out=tmp_path / "b")
+    with pytest.raises(UserError, match="no probe results"):
+        bridge(tmp_path / "vqa", tmp_path / "vqa", out=tmp_path / "b")
+    with pytest.raises(UserError, match="pair model 'nobody'"):
+        bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / "b", pairs=[("fake-vlm", "nobody")],
+               figures=False)
+    other = tmp_path / "other"
+    source = open_source("synth:brain-mri?n=40&seed=9")
+    write_answers(tmp_path / "o.csv", source, correct=1.0, rng=np.random.default_rng(0))
+    import_answers(tmp_path / "o.csv", source, TASK, out=other, model="someone-else")
+    with pytest.raises(UserError, match="no VQA run with matching probe results"):
+        bridge(tmp_path / "probes", other, out=tmp_path / "b")
+
+
+def test_verdict_names_are_the_documented_ones():
+    assert VERDICTS == ("vision-limited", "reasoning-limited", "both", "sound")
+
+
+def test_end_to_end_tiny_vlm_extract_probe_vqa_bridge(tmp_path):
+    """A tiny LLaVA on the easy synthetic task, through the four commands as a user runs them."""
+    from medfrag_probe.cli import main
+
+    data = "synth:brain-mri?n=48&difficulty=0.1"
+    steps = [["extract", "--model", "tiny:llava", "--data", data, "--out", str(tmp_path / "c.h5")],
+             ["probe", str(tmp_path / "c.h5"), "--probes", "linear", "--replicates", "200", "--no-controls",
+              "--out", str(tmp_path / "probes")],
+             ["vqa", "--model", "tiny:llava", "--data", data, "--task", TASK, "--conditions", "image,no-image",
+              "--prompts", "mc-diagnosis,open-diagnosis,desc-detail", "--describe-tokens", "16",
+              "--out", str(tmp_path / "vqa")],
+             ["bridge", "--probes", str(tmp_path / "probes"), "--vqa", str(tmp_path / "vqa"), "--out",
+              str(tmp_path / "bridge"), "--replicates", "300"]]
+    for argv in steps:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--quiet", *argv])
+        assert exit_info.value.code == 0, argv
+    (record,) = [json.loads(line) for line in (tmp_path / "bridge" / "bridge.jsonl").read_text().splitlines()]
+    assert BRIDGE_KEYS <= set(record) and record["n"] == 48
+    assert record["model"] == "tiny:llava" and record["reads_point"] == "vision.block.02"
+    # the verdict follows the documented rule from the record's own intervals
+    seen = max(record["probe_skill_ci"][0], record["vqa_skill_ci"][0]) >= record["rule"]["seen_skill"]
+    lost = record["gap_ci"][0] > record["rule"]["min_gap"]
+    assert record["verdict"] == {(True, False): "sound", (True, True): "reasoning-limited",
+                                 (False, False): "vision-limited", (False, True): "both"}[(seen, lost)]
+    # a random language model does not read out what a probe finds in its random tower
+    assert record["vqa_skill"] < record["probe_skill"]
+    stages = [s["stage"] for s in record["stages"]]
+    assert stages[0] == "vision" and stages[-2:] == ["description", "answer"] and "projector" in stages
+    with open(record["samples"]) as fh:
+        assert len(list(csv.DictReader(fh))) == 48
+    for name in ("stage_curves", "probe_vs_vqa", "ladder"):
+        assert (tmp_path / "bridge" / "figures" / f"{name}.png").stat().st_size > 5000
