@@ -32,7 +32,7 @@ def write_cache(path, source, points: dict[str, np.ndarray], *, model: str, visi
         fh.create_dataset("samples/group", data=np.array([s.group for s in source.samples], dtype=object),
                           dtype=string)
         for name, X in points.items():
-            fh.create_dataset(f"emb/{name}/mean", data=X.astype(np.float32))
+            fh.create_dataset(f"emb/{name if '/' in name else name + '/mean'}", data=X.astype(np.float32))
 
 
 def embeddings(source, separation: float, rng, dim: int = 16) -> np.ndarray:
@@ -55,12 +55,13 @@ def write_answers(path, source, *, correct: float, rng):
             writer.writerow([s.id, "open-diagnosis", f"This looks like {names[k].replace('_', ' ')}."])
 
 
-def case(tmp_path, *, seed: int, separation: float, correct: float, model: str = "fake-vlm", n: int = 160):
+def case(tmp_path, *, seed: int, separation: float, correct: float, model: str = "fake-vlm", n: int = 160,
+         extra: dict | None = None):
     source = open_source(f"synth:brain-mri?n={n}&seed={seed}")
     rng = np.random.default_rng(seed)
     cache = tmp_path / f"{model}.h5"
     write_cache(cache, source, {"vision.block.00": rng.normal(size=(n, 16)),
-                                "vision.block.01": embeddings(source, separation, rng)}, model=model)
+                                "vision.block.01": embeddings(source, separation, rng), **(extra or {})}, model=model)
     probe([cache], probes=("linear",), out=tmp_path / "probes", replicates=300, controls=False, seed=seed,
           figures=False)
     write_answers(tmp_path / f"{model}.csv", source, correct=correct, rng=rng)
@@ -93,14 +94,20 @@ def test_verdicts_on_constructed_cases_hold_across_seeds(tmp_path, seed, separat
 
 
 def test_best_point_is_chosen_on_training_rows_and_reads_point_is_reported(tmp_path):
-    case(tmp_path, seed=0, separation=6.0, correct=0.25)
+    source = open_source("synth:brain-mri?n=160&seed=0")
+    rng = np.random.default_rng(11)
+    lm = {"lm.block.00/image": embeddings(source, 20.0, rng), "lm.block.00/last": rng.normal(size=(160, 16))}
+    case(tmp_path, seed=0, separation=3.0, correct=0.25, extra=lm)
     (record,) = bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / "bridge", replicates=200,
                        figures=False)
-    assert set(record["best_points"].values()) == {"vision.block.01/mean"}  # never the noise point
+    # never the noise point, and never a language-model point (even a perfect one): the encoder's side only
+    assert set(record["best_points"].values()) == {"vision.block.01/mean"}
     assert record["point"] == "vision.block.01"
     assert record["reads_point"] == "vision.block.01" and record["reads_skill"] == pytest.approx(record["probe_skill"])
-    stages = [s["point"] for s in record["stages"]]
-    assert stages == ["vision.block.00", "vision.block.01", "answer"]
+    stages = [(s["stage"], s["point"]) for s in record["stages"]]
+    assert stages == [("vision", "vision.block.00"), ("vision", "vision.block.01"),
+                      ("language", "lm.block.00/image"), ("language", "lm.block.00/last"), ("answer", "answer")]
+    assert record["stages"][2]["skill"] > 0.95 > record["probe_skill"]
 
 
 def test_the_score_that_picks_a_point_never_sees_test_rows(tmp_path):

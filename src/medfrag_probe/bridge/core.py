@@ -16,7 +16,9 @@ Probe points, both reported:
 - `reads`: the vision point the language model reads (from the cache), mean pooling where present;
 - `best`: chosen per outer fold by the linear probe's held-out score on that fold's training rows (inner CV or the
   validation split), never on test rows; each test row is predicted by the point chosen for its fold.
-The verdict uses `best` (the most the vision side demonstrably holds).
+The verdict uses `best` (the most the vision side demonstrably holds), chosen among vision and projector points only:
+language-model states already mix in the prompt. The stage curve shows every point, language-model points once per
+pooling (`image`, `last`).
 
 Verdict rule (defaults `seen_skill = 0.5`, `min_gap = 0.05`), from 95% patient-level paired bootstrap intervals:
 - seen: the lower bound of the probe skill CI (or of the VQA skill CI) is at least `seen_skill` -- the image
@@ -267,7 +269,9 @@ def _reads_result(matched: list[dict], reads_point: str) -> dict | None:
 def select_best(matched: list[dict]) -> tuple[dict, dict]:
     """Out-of-fold predictions where each fold's rows come from the point with the best held-out (training-side)
     score on that fold; returns the assembled predictions and {fold: "point/pooling"}."""
-    scored = [r for r in matched if any(v is not None for v in r.get("hyper", {}).get("val_score") or [])]
+    # the encoder's side only (vision points and projector): language-model states already mix in the prompt
+    scored = [r for r in matched if not r["point"].startswith("lm.")
+              and any(v is not None for v in r.get("hyper", {}).get("val_score") or [])]
     if not scored:
         raise UserError("the probe results carry no held-out scores to choose a point by; re-run "
                         "`medfrag-probe probe` (linear probes record them)")
@@ -376,10 +380,12 @@ def stage_curve(matched: list[dict], summary: dict, *, vqa: dict) -> list[dict]:
     Each probe point contributes its best pooling (by skill); every value carries its 95% CI."""
     best: dict[str, dict] = {}
     for r in matched:
-        if r["point"] not in best or r["skill"] > best[r["point"]]["skill"]:
-            best[r["point"]] = r
-    stages = [{"stage": _stage_of(p), "point": p, "pooling": r["pooling"], "skill": r["skill"],
-               "skill_ci": r.get("skill_ci")} for p, r in sorted(best.items(), key=lambda kv: point_order(kv[0]))]
+        key = f"{r['point']}/{r['pooling']}" if r["point"].startswith("lm.") else r["point"]  # image and last apart
+        if key not in best or r["skill"] > best[key]["skill"]:
+            best[key] = r
+    ranked = sorted(best.items(), key=lambda kv: (point_order(kv[1]["point"]), kv[1]["pooling"]))
+    stages = [{"stage": _stage_of(r["point"]), "point": key, "pooling": r["pooling"], "skill": r["skill"],
+               "skill_ci": r.get("skill_ci")} for key, r in ranked]
     for point in summary.get("description", {}).get("points", []):
         stages.append({"stage": "description", "point": point["point"], "pooling": "mean", "skill": point["skill"],
                        "skill_ci": point.get("skill_ci")})
