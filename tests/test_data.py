@@ -189,3 +189,13 @@ def test_unreadable_files_raise_image_error(tmp_path):
     for name in ("a.png", "b.jpg", "c.png"):
         with pytest.raises(ImageError):
             load_image(tmp_path / name)
+
+
+def test_synthetic_tasks_sharing_ids_and_labels_have_different_fingerprints():
+    """dermoscopy and histology have the same classes, patients and labels for one n and seed; their images differ,
+    so their fingerprints must (a bridge joins probe results to answers by it)."""
+    derm, histo = open_source("synth:dermoscopy?n=40"), open_source("synth:histology?n=40")
+    assert [(s.id, s.label) for s in derm.samples] == [(s.id, s.label) for s in histo.samples]
+    assert derm.fingerprint() != histo.fingerprint()
+    assert open_source("synth:dermoscopy?n=40&size=64").fingerprint() != derm.fingerprint()
+    assert open_source("synth:dermoscopy?n=40").fingerprint() == derm.fingerprint()

@@ -10,7 +10,9 @@ projector fingerprint, else the model spec) and data (fingerprint, else spec), s
 
 Skills are chance-normalised balanced accuracies, `(bacc - 1/K) / (1 - 1/K)`, so a probe and a VQA answer are on one
 scale: 0 is chance, 1 perfect. The VQA class of a sample is the majority of the classes its answers name under the
-image condition (unanswered counts wrong).
+image condition; a sample with no answer is credited at chance (1/K) in the skill, so a model that never answers has
+skill 0 and only confidently wrong answers go below it. The per-sample table and McNemar's test count an unanswered
+sample as a VQA error.
 
 Probe points, both reported:
 - `reads`: the vision point the language model reads (from the cache), mean pooling where present;
@@ -344,13 +346,18 @@ def balanced_skill(correct: np.ndarray, labels: np.ndarray, n_classes: int, weig
 def _paired(join: _Joined) -> dict:
     K = len(join.classes)
     probe_ok = (join.probe_pred == join.labels).astype(float)
-    vqa_ok = (join.vqa_pred == join.labels).astype(float)
+    vqa_ok = _vqa_credit(join.vqa_pred, join.labels, K)
     probe_boot = balanced_skill(probe_ok, join.labels, K, join.weights)
     vqa_boot = balanced_skill(vqa_ok, join.labels, K, join.weights)
     probe, vqa = balanced_skill(probe_ok, join.labels, K), balanced_skill(vqa_ok, join.labels, K)
     return {"probe": probe, "probe_ci": interval(probe_boot), "vqa": vqa, "vqa_ci": interval(vqa_boot),
             "gap": probe - vqa, "gap_ci": interval(probe_boot - vqa_boot), "probe_boot": probe_boot,
             "vqa_boot": vqa_boot}
+
+
+def _vqa_credit(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """1 right, 0 wrong, 1/K unanswered (see `vqa.measures.credit`)."""
+    return np.where(pred < 0, 1.0 / n_classes, (pred == labels).astype(float))
 
 
 def mcnemar(join: _Joined) -> tuple[dict, float]:
@@ -426,7 +433,7 @@ def _delta(a: BridgeRecord, b: BridgeRecord, ja: _Joined, jb: _Joined, *, replic
     out = {"generalist": a.model, "medical": b.model, "data": a.data, "n": int(len(shared)),
            "identical_vision_tower": bool(a.vision_fingerprint) and a.vision_fingerprint == b.vision_fingerprint}
     for name, pa, pb in (("probe", ja.probe_pred[ia], jb.probe_pred[ib]), ("vqa", ja.vqa_pred[ia], jb.vqa_pred[ib])):
-        ok_a, ok_b = (pa == labels).astype(float), (pb == labels).astype(float)
+        ok_a, ok_b = _vqa_credit(pa, labels, K), _vqa_credit(pb, labels, K)  # probes always answer
         delta = balanced_skill(ok_b, labels, K) - balanced_skill(ok_a, labels, K)
         boot = balanced_skill(ok_b, labels, K, weights) - balanced_skill(ok_a, labels, K, weights)
         out[f"{name}_delta"] = delta

@@ -51,11 +51,16 @@ class DataSource:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
-        """SHA-256 over class names, ids and labels: two sources with the same fingerprint label the same images."""
-        digest = hashlib.sha256(json.dumps(self.classes).encode())
+        """SHA-256 over class names, ids and labels (and `content_key`): two sources with the same fingerprint label
+        the same images."""
+        digest = hashlib.sha256(json.dumps([self.classes, self.content_key()]).encode())
         for sample in self.samples:
             digest.update(f"{sample.id}\t{sample.label}\n".encode())
         return digest.hexdigest()[:16]
+
+    def content_key(self) -> str:
+        """What decides the images beyond their ids ("" for files, whose ids are their paths)."""
+        return ""
 
     @property
     def has_splits(self) -> bool:

@@ -208,6 +208,10 @@ class SynthSource(DataSource):
                                   group=f"p{patient:05d}", split=split))
         return samples
 
+    def content_key(self) -> str:
+        # two synthetic tasks can share ids and labels (same patients, same seed) but never their images
+        return f"synth:{self.task.name}|difficulty={self.difficulty}|size={self.size}|seed={self.seed}"
+
     def array(self, index: int) -> np.ndarray:
         """The uint8 H x W x 3 rendering of sample `index`."""
         patient, image = divmod(index, self.per_patient)

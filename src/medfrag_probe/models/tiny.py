@@ -19,7 +19,7 @@ import torch
 
 from ..errors import bad_choice
 
-VERSION = "v1"
+VERSION = "v2"
 IMAGE = 32
 WIDTH = 64
 TINY: dict[str, Callable[[Path], str]] = {}
@@ -170,7 +170,11 @@ def _tiny_llava_med(out: Path) -> str:
     tower.load_state_dict(model.model.vision_tower.state_dict())
     tower.save_pretrained(tower_dir)
     transformers.CLIPImageProcessor.from_pretrained(source).save_pretrained(tower_dir)
-    state = {f"model.{k}": v for k, v in model.model.language_model.state_dict().items()}
+    # the language model is "fine-tuned" (seeded perturbation); tower and projector stay those of tiny:llava-mistral,
+    # as LLaVA-Med keeps LLaVA's CLIP tower
+    noise = torch.Generator().manual_seed(1)
+    state = {f"model.{k}": v + 0.05 * v.std() * torch.randn(v.shape, generator=noise) if v.is_floating_point()
+             and v.ndim == 2 else v for k, v in model.model.language_model.state_dict().items()}
     state["lm_head.weight"] = model.lm_head.weight
     for ours, theirs in (("linear_1", "0"), ("linear_2", "2")):
         for part in ("weight", "bias"):
@@ -212,6 +216,16 @@ def _tiny_llava_next(out: Path) -> str:
 
 @_tiny("gemma3")
 def _tiny_gemma3(out: Path) -> str:
+    return _gemma3(out, seed=0)
+
+
+@_tiny("medgemma")
+def _tiny_medgemma(out: Path) -> str:
+    """Gemma 3 architecture with its own weights throughout (MedGemma's tower is fine-tuned too)."""
+    return _gemma3(out, seed=1)
+
+
+def _gemma3(out: Path, *, seed: int) -> str:
     import transformers
 
     tok = tokenizer(["<pad>", "<bos>", "<eos>", "<start_of_image>", "<end_of_image>", "<image_soft_token>",
@@ -219,7 +233,7 @@ def _tiny_gemma3(out: Path) -> str:
                     named={"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
                            "image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                            "eoi_token": "<end_of_image>"})
-    _seeded()
+    _seeded(seed)
     text = _decoder("Gemma3TextConfig", len(tok), head_dim=16, sliding_window=64)
     config = transformers.Gemma3Config(vision_config=_siglip_vision(vision_use_head=False), text_config=text,
                                        mm_tokens_per_image=4, image_token_id=tok.image_token_id,

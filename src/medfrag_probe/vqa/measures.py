@@ -16,7 +16,8 @@ residuals of sample g; `*_ci` is the normal interval `value +- 1.96 se`, clipped
   answer changes when the image is removed (to another answer, or to none). Ideal = consistent and reliant,
   Fragile = inconsistent and reliant, Dangerous = consistent but not reliant, Worst = neither.
 - classification: each sample's class is the majority of the classes its answers name under the image condition
-  (ties -> the earliest prompt; none -> unanswered, counted wrong); balanced accuracy and skill as for probes.
+  (ties -> the earliest prompt; none -> unanswered). Balanced accuracy counts unanswered samples wrong; skill
+  (chance-normalised) credits them at chance, 1/K, so abstaining scores 0 and only wrong answers go below it.
 """
 
 from __future__ import annotations
@@ -247,14 +248,26 @@ def sample_classes(image) -> dict[str, str | None]:
     return out
 
 
+def credit(labels, preds, n_classes: int) -> np.ndarray:
+    """Per-sample credit of class answers: 1 right, 0 wrong, 1/K unanswered (an abstention carries no information,
+    which is what chance carries; a confident wrong answer is worse)."""
+    labels, preds = np.asarray(labels, dtype=object), np.asarray(preds, dtype=object)
+    answered = np.array([p is not None for p in preds], dtype=bool)
+    return np.where(answered, (preds == labels).astype(float), 1.0 / n_classes)
+
+
 def class_scores(labels: list[str], preds: list[str | None], classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy (unanswered = wrong) and skill of class predictions."""
+    """Accuracy and balanced accuracy (unanswered = wrong), and skill: chance-normalised balanced accuracy with an
+    unanswered sample credited at chance (`credit`), so a model that never answers has skill 0, not below it."""
     labels, preds = np.array(labels, dtype=object), np.array(preds, dtype=object)
-    recalls = [float(np.mean(preds[labels == c] == c)) for c in classes if (labels == c).any()]
-    balanced = float(np.mean(recalls)) if recalls else None
     chance = 1 / len(classes)
+    present = [c for c in classes if (labels == c).any()]
+    recalls = [float(np.mean(preds[labels == c] == c)) for c in present]
+    gained = credit(labels, preds, len(classes))
+    credited = [float(np.mean(gained[labels == c])) for c in present]
+    balanced = float(np.mean(recalls)) if recalls else None
     return {"accuracy": float(np.mean(preds == labels)) if len(labels) else None, "balanced_accuracy": balanced,
-            "skill": None if balanced is None else float(skill(balanced, chance)), "chance": chance,
+            "skill": float(skill(np.mean(credited), chance)) if credited else None, "chance": chance,
             "answered_rate": float(np.mean([p is not None for p in preds])) if len(preds) else None,
             "n": int(len(labels))}
 

@@ -1,0 +1,269 @@
+"""Experiment configs (`configs/experiments/*.yaml`): one file describes a whole study.
+
+    from medfrag_probe.experiment import load_config
+    config = load_config("configs/experiments/demo.yaml")
+    [m.spec for m in config.models], [t.name for t in config.tasks]
+
+Schema (every key optional but `models` and `tasks`; an unknown key is refused, naming the valid ones)::
+
+    name: str                      description: str              out: folder (default probes/<name>)
+    models: [SPEC | {spec, label, dtype, trust_remote_code}]
+    pairs: [[GENERALIST, MEDICAL]]                  # specs or labels of listed models
+    tasks: [TASK | {task, data, label}]             # TASK: a name under configs/tasks/ or a path; the data spec
+                                                    # defaults to the task file's own `data`
+    points: "vision.*,projector"   poolings: "cls,mean"   probes: [linear, knn]
+    folds: 5   replicates: 1000   controls: true   seeds: [0]
+    extract: {batch_size, device, dtype, store_dtype, prompt, workers}
+    vqa: false | {conditions, prompts, max_new_tokens, describe_tokens, describe_with, limit, split, batch_size,
+                  device, dtype}
+    bridge: {seen_skill, min_gap, probe}
+    sweep: {factor, values}        # one ablation factor: layer, pooling, probe, k, prompt, train_size,
+                                   # resolution (synthetic or sized data: the `size` parameter), pair
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+
+TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
+            "replicates", "controls", "seeds", "extract", "vqa", "bridge", "sweep")
+MODEL_KEYS = ("spec", "label", "dtype", "trust_remote_code")
+TASK_KEYS = ("task", "data", "label")
+EXTRACT_KEYS = ("batch_size", "device", "dtype", "store_dtype", "prompt", "workers")
+VQA_KEYS = ("conditions", "prompts", "max_new_tokens", "describe_tokens", "describe_with", "limit", "split",
+            "batch_size", "device", "dtype")
+BRIDGE_KEYS = ("seen_skill", "min_gap", "probe")
+SWEEP_KEYS = ("factor", "values")
+FACTORS = ("layer", "pooling", "probe", "k", "prompt", "train_size", "resolution", "pair")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model of the study: its spec and the short label used in file names and tables."""
+
+    spec: str
+    label: str
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A task of the study: the task file, the data it is asked about, and a label."""
+
+    task: str
+    data: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated experiment config."""
+
+    path: str
+    name: str
+    description: str
+    out: str
+    models: list[ModelEntry]
+    pairs: list[tuple[str, str]]
+    tasks: list[TaskEntry]
+    points: str = "vision.*,projector"
+    poolings: str | None = None
+    probes: list[str] = field(default_factory=lambda: ["linear", "knn"])
+    folds: int = 5
+    replicates: int = 1000
+    controls: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0])
+    extract: dict = field(default_factory=dict)
+    vqa: dict | None = field(default_factory=dict)
+    bridge: dict = field(default_factory=dict)
+    sweep: dict | None = None
+    raw: dict = field(default_factory=dict)
+
+    def digest(self, *parts) -> str:
+        """A short hash of config parts (what a stage depends on)."""
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def experiments_dir() -> Path:
+    """`configs/experiments/` of the repository (or of the working directory)."""
+    here = Path(__file__).resolve().parents[3] / "configs" / "experiments"
+    return here if here.is_dir() else Path("configs") / "experiments"
+
+
+def load_config(name_or_path: str | Path) -> Config:
+    """Load and validate an experiment config by path, or by name under configs/experiments/."""
+    path = Path(name_or_path)
+    if not path.is_file() and not path.suffix:
+        candidate = experiments_dir() / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            path = candidate
+        else:
+            valid = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+            raise UserError(f"unknown experiment {str(name_or_path)!r}; valid: {', '.join(valid)}, or a path to a "
+                            "YAML file")
+    if not path.is_file():
+        raise UserError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return validate(raw, path)
+
+
+def _fail(path, message: str) -> UserError:
+    return UserError(f"config {path}: {message}")
+
+
+def _keys(mapping, valid, path, where: str) -> dict:
+    if not isinstance(mapping, dict):
+        raise _fail(path, f"{where} must be a mapping with keys {', '.join(valid)}")
+    unknown = [k for k in mapping if k not in valid]
+    if unknown:
+        raise _fail(path, f"unknown key {unknown[0]!r} in {where}; valid: {', '.join(valid)}")
+    return mapping
+
+
+def _int(value, path, where: str, *, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(path, f"{where} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _listish(value, path, where: str) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise _fail(path, f"{where} must be a list or a comma-separated string, got {value!r}")
+    return value
+
+
+def validate(raw, path) -> Config:
+    """A `Config` from parsed YAML; every problem is a one-line error naming the key."""
+    raw = _keys(raw if raw is not None else {}, TOP_KEYS, path, "the top level")
+    for required in ("models", "tasks"):
+        if not raw.get(required):
+            raise _fail(path, f"'{required}' is required (a non-empty list)")
+    name = str(raw.get("name") or Path(path).stem)
+    models = [_model(m, path, i) for i, m in enumerate(_listish(raw["models"], path, "models"))]
+    _unique([m.label for m in models], path, "model label")
+    tasks = [_task(t, path, i) for i, t in enumerate(_listish(raw["tasks"], path, "tasks"))]
+    _unique([t.label for t in tasks], path, "task label")
+    pairs = [_pair(p, models, path) for p in raw.get("pairs") or []]
+    probes = [str(p) for p in _listish(raw.get("probes", ["linear", "knn"]), path, "probes")]
+    from ..probes.estimators import PROBES
+
+    for probe in probes:
+        if probe not in PROBES:
+            raise _fail(path, f"unknown probe {probe!r} in probes; valid: {', '.join(sorted(PROBES))}")
+    seeds = [_int(s, path, "seeds[]", low=0) for s in _listish(raw.get("seeds", [0]), path, "seeds")] or [0]
+    vqa = raw.get("vqa", {})
+    if vqa is not False:
+        vqa = dict(_keys(vqa or {}, VQA_KEYS, path, "vqa"))
+        _check_vqa(vqa, path)
+    sweep = raw.get("sweep")
+    if sweep is not None:
+        sweep = _sweep(sweep, path, models=models, pairs=pairs)
+    poolings = raw.get("poolings")
+    return Config(
+        path=str(path), name=name, description=str(raw.get("description", "")),
+        out=str(raw.get("out") or f"probes/{name}"), models=models, pairs=pairs, tasks=tasks,
+        points=",".join(_listish(raw.get("points", "vision.*,projector"), path, "points")),
+        poolings=",".join(_listish(poolings, path, "poolings")) if poolings else None, probes=probes,
+        folds=_int(raw.get("folds", 5), path, "folds", low=2),
+        replicates=_int(raw.get("replicates", 1000), path, "replicates", low=10),
+        controls=bool(raw.get("controls", True)), seeds=seeds,
+        extract=dict(_keys(raw.get("extract") or {}, EXTRACT_KEYS, path, "extract")),
+        vqa=vqa if vqa is not False else None,
+        bridge=dict(_keys(raw.get("bridge") or {}, BRIDGE_KEYS, path, "bridge")), sweep=sweep, raw=raw)
+
+
+def _unique(labels: list[str], path, what: str) -> None:
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise _fail(path, f"{what} {twice[0]!r} is used twice; give one entry a different 'label'")
+
+
+def _model(entry, path, index: int) -> ModelEntry:
+    if isinstance(entry, str):
+        entry = {"spec": entry}
+    entry = _keys(entry, MODEL_KEYS, path, f"models[{index}]")
+    if not entry.get("spec"):
+        raise _fail(path, f"models[{index}] needs 'spec'")
+    spec = str(entry["spec"])
+    return ModelEntry(spec=spec, label=str(entry.get("label") or _label(spec)), dtype=str(entry.get("dtype",
+                      "float32")), trust_remote_code=bool(entry.get("trust_remote_code", False)))
+
+
+def _label(spec: str) -> str:
+    text = spec.split("?")[0].rstrip("/")
+    text = text.split("/")[-1] if text.startswith(("hf:/", "hf:.", "open_clip:local-dir:")) else text
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in text).strip("-")
+
+
+def _task(entry, path, index: int) -> TaskEntry:
+    from ..vqa.tasks import load_task
+
+    if isinstance(entry, str):
+        entry = {"task": entry}
+    entry = _keys(entry, TASK_KEYS, path, f"tasks[{index}]")
+    if not entry.get("task"):
+        raise _fail(path, f"tasks[{index}] needs 'task'")
+    task = load_task(str(entry["task"]))
+    data = str(entry.get("data") or task.data)
+    if not data:
+        raise _fail(path, f"tasks[{index}] ({task.name}) needs 'data' (its task file names no data)")
+    return TaskEntry(task=str(entry["task"]), data=data, label=str(entry.get("label") or task.name))
+
+
+def _pair(entry, models: list[ModelEntry], path) -> tuple[str, str]:
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise _fail(path, f"each pair must be [GENERALIST, MEDICAL], got {entry!r}")
+    names = {m.spec: m.label for m in models} | {m.label: m.label for m in models}
+    for side in entry:
+        if side not in names:
+            raise _fail(path, f"pair member {side!r} is not a listed model; models: "
+                              f"{', '.join(m.label for m in models)}")
+    return names[entry[0]], names[entry[1]]
+
+
+def _check_vqa(vqa: dict, path) -> None:
+    from ..vqa.run import check_conditions
+
+    try:
+        if "conditions" in vqa:
+            vqa["conditions"] = check_conditions(_listish(vqa["conditions"], path, "vqa.conditions"))
+        if "prompts" in vqa:
+            vqa["prompts"] = ",".join(str(p) for p in _listish(vqa["prompts"], path, "vqa.prompts"))
+        if vqa.get("describe_with") not in (None, False, "none"):
+            from ..vqa.describe import check_method
+
+            check_method(str(vqa["describe_with"]))
+    except UserError as exc:
+        raise _fail(path, f"vqa: {exc}") from None
+    for key in ("max_new_tokens", "describe_tokens", "limit", "batch_size"):
+        if key in vqa and vqa[key] is not None:
+            _int(vqa[key], path, f"vqa.{key}")
+
+
+def _sweep(sweep, path, *, models, pairs) -> dict:
+    sweep = _keys(sweep, SWEEP_KEYS, path, "sweep")
+    factor = sweep.get("factor")
+    if factor not in FACTORS:
+        raise _fail(path, f"unknown sweep factor {factor!r}; valid: {', '.join(FACTORS)}")
+    values = sweep.get("values")
+    needs_values = factor in ("pooling", "probe", "k", "resolution")
+    if needs_values and (not isinstance(values, list) or not values):
+        raise _fail(path, f"sweep over {factor} needs 'values' (a non-empty list)")
+    if factor in ("k", "resolution"):
+        values = [_int(v, path, f"sweep.values ({factor})") for v in values]
+    if factor == "pair" and not pairs:
+        raise _fail(path, "sweep over pair needs 'pairs'")
+    return {"factor": factor, "values": values or []}

@@ -1,0 +1,506 @@
+"""`report`: one self-contained HTML page (figures embedded) and a Markdown summary of a study folder.
+
+    from medfrag_probe.experiment.report import report
+    paths = report("probes/demo")      # probes/demo/report.html, probes/demo/report.md
+
+Sections: verdicts (probe vs VQA skill with CIs, gap, McNemar, recoverable errors) per task in ladder order, the
+difficulty ladder, probe-vs-VQA scatter and stage curves, paired-model deltas, prompt sensitivity and robustness,
+layer curves, the ablation of the config's sweep factor, stability across seeds, and provenance (fingerprints,
+versions, the config as run).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..errors import UserError  # noqa: E402
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 64px}
+h1{font-size:26px;margin:8px 0 4px} h2{font-size:20px;margin:36px 0 10px;border-bottom:2px solid #dde2ea;
+padding-bottom:6px} h3{font-size:15px;margin:18px 0 8px;color:#3a4456}
+p.lead{color:#4a5568;margin:0 0 14px;max-width:900px} .note{color:#5a6475;font-size:13px;max-width:960px}
+table{border-collapse:collapse;font-size:13px;background:#fff;margin:6px 0 14px;box-shadow:0 1px 2px #0001}
+.scroll{overflow-x:auto} th,td{padding:5px 9px;border-bottom:1px solid #e5e8ee;text-align:right;white-space:nowrap}
+th{background:#eef1f6;text-align:center;font-weight:600} td.l,th.l{text-align:left}
+.v{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
+.sound{background:#2a9d3f}.reasoning-limited{background:#e07b00}.vision-limited{background:#c0392b}
+.both{background:#7d3c98} figure{margin:8px 0 18px;background:#fff;padding:10px;box-shadow:0 1px 2px #0001}
+figure img{max-width:100%;height:auto;display:block;margin:auto} figcaption{font-size:12px;color:#5a6475;
+margin-top:6px} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:12px}
+.grid figure{margin:0} pre{background:#fff;padding:12px;font-size:12px;overflow:auto;box-shadow:0 1px 2px #0001}
+nav a{margin-right:14px;font-size:13px;color:#2b5fab;text-decoration:none}
+"""
+
+
+class _Doc:
+    """Builds the HTML page and the Markdown summary side by side."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.html: list[str] = []
+        self.md: list[str] = []
+
+    def heading(self, text: str, level: int = 2, anchor: str = "") -> None:
+        self.html.append(f"<h{level} id='{anchor}'>{html.escape(text)}</h{level}>")
+        self.md.append(f"\n{'#' * level} {text}\n")
+
+    def text(self, text: str, css: str = "note") -> None:
+        self.html.append(f"<p class='{css}'>{html.escape(text)}</p>")
+        self.md.append(text + "\n")
+
+    def table(self, header: list[str], rows: list[list], *, left: int = 1) -> None:
+        cells = "".join(f"<th class='{'l' if i < left else ''}'>{html.escape(h)}</th>" for i, h in enumerate(header))
+        body = []
+        for row in rows:
+            tds = []
+            for i, value in enumerate(row):
+                shown = _cell(value)
+                if header[i] == "verdict" and value:
+                    shown = f"<span class='v {html.escape(str(value))}'>{html.escape(str(value))}</span>"
+                else:
+                    shown = html.escape(shown)
+                tds.append(f"<td class='{'l' if i < left else ''}'>{shown}</td>")
+            body.append("<tr>" + "".join(tds) + "</tr>")
+        self.html.append(f"<div class='scroll'><table><tr>{cells}</tr>{''.join(body)}</table></div>")
+        self.md.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        self.md.extend("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows)
+        self.md.append("")
+
+    def figure(self, path: Path | None, caption: str) -> None:
+        if path is None or not path.is_file():
+            return
+        data = base64.b64encode(path.read_bytes()).decode()
+        self.html.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.md.append(f"![{caption}]({path.relative_to(self.folder)})\n")
+
+    def raw(self, snippet: str) -> None:
+        self.html.append(snippet)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return f"[{value[0]:.2f}, {value[1]:.2f}]"
+    return str(value)
+
+
+def _with_ci(value, ci) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.3f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{value:+.3f}"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def report(folder: str | Path) -> dict[str, Path]:
+    """Write `report.html` and `report.md` into a study folder (made by `run`); return their paths."""
+    folder = Path(folder)
+    if not (folder / "run.json").is_file():
+        raise UserError(f"{folder} holds no study (no run.json); run `medfrag-probe run CONFIG` first")
+    study = _Study(folder)
+    doc = _Doc(folder)
+    figures = folder / "figures"
+    figures.mkdir(exist_ok=True)
+    _header(doc, study)
+    _verdicts(doc, study)
+    _pairs(doc, study)
+    _robustness(doc, study)
+    _layers(doc, study)
+    _ablation(doc, study, figures)
+    _seeds(doc, study)
+    _provenance(doc, study)
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(study.name)} — "
+            f"medfrag-probe report</title><style>{CSS}</style></head><body><main>{''.join(doc.html)}</main></body>"
+            "</html>")
+    (folder / "report.html").write_text(page)
+    (folder / "report.md").write_text("\n".join(doc.md) + "\n")
+    plt.close("all")
+    return {"html": folder / "report.html", "markdown": folder / "report.md"}
+
+
+class _Study:
+    """Everything a report reads from a study folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.run = json.loads((folder / "run.json").read_text())
+        self.name = self.run.get("name", folder.name)
+        self.config_text = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
+        import yaml
+
+        self.config = yaml.safe_load(self.config_text) or {}
+        self.units = self.run.get("units", [])
+        self.label = {u["model"]: u["label"] for u in self.units}
+        self.seeds = sorted(int(p.name.split("-")[1]) for p in (folder / "bridge").glob("seed-*")) or \
+            sorted(int(p.name.split("-")[1]) for p in (folder / "probes").glob("seed-*"))
+        self.seed = self.seeds[0] if self.seeds else 0
+        self.bridge_dir = folder / "bridge" / f"seed-{self.seed}"
+        self.bridge = _jsonl(self.bridge_dir / "bridge.jsonl")
+        self.pairs = _jsonl(self.bridge_dir / "pairs.jsonl")
+        self.probes = {u["key"]: _jsonl(folder / "probes" / f"seed-{self.seed}" / u["key"] / "results.jsonl")
+                       for u in self.units}
+        self.vqa = {u["key"]: json.loads((folder / "vqa" / u["key"] / "summary.json").read_text())
+                    for u in self.units if (folder / "vqa" / u["key"] / "summary.json").is_file()}
+        self.data_order = list(dict.fromkeys(u["data"] for u in self.units))
+        self.model_order = list(dict.fromkeys(u["model"] for u in self.units))
+        self.task_label = {u["data"]: u["task_label"] + (f" @{u['variant']}" if u["variant"] else "")
+                           for u in self.units}
+
+    def unit(self, model: str, data: str) -> dict | None:
+        return next((u for u in self.units if u["model"] == model and u["data"] == data), None)
+
+
+def _header(doc: _Doc, study: _Study) -> None:
+    doc.raw(f"<h1>{html.escape(study.name)}</h1>")
+    doc.md.append(f"# {study.name}\n")
+    if study.config.get("description"):
+        doc.text(str(study.config["description"]).strip(), "lead")
+    doc.text(f"{len(study.model_order)} models x {len(study.data_order)} tasks; finished "
+             f"{study.run.get('finished', '')}; medfrag-probe {study.run.get('versions', {}).get('medfrag_probe')}. "
+             "Skill is chance-normalised balanced accuracy: 0 = chance, 1 = perfect; probe skill measures what the "
+             "vision representation holds, VQA skill what the model answers.")
+    doc.raw("<nav><a href='#verdicts'>Verdicts</a><a href='#pairs'>Pairs</a><a href='#robustness'>Robustness</a>"
+            "<a href='#layers'>Layer curves</a><a href='#ablation'>Ablation</a><a href='#seeds'>Seeds</a>"
+            "<a href='#provenance'>Provenance</a></nav>")
+
+
+def _verdicts(doc: _Doc, study: _Study) -> None:
+    doc.heading("Vision or reasoning? Verdicts per task and model", anchor="verdicts")
+    if not study.bridge:
+        doc.text("No bridge results (no VQA stage in this study, or no vision-language model): probe results only.")
+        return
+    rule = study.bridge[0].get("rule", {})
+    doc.text(f"Verdict rule: the signal is seen when the lower 95% CI bound of the probe (or VQA) skill is at least "
+             f"{rule.get('seen_skill')}; the answer loses it when the lower bound of the gap (probe - VQA) exceeds "
+             f"{rule.get('min_gap')}. sound = seen, not lost; reasoning-limited = seen and lost; vision-limited = "
+             "not seen, not lost; both = not seen and lost. CIs: patient-level paired bootstrap.")
+    rows = []
+    by = {(r["model"], r["data"]): r for r in study.bridge}
+    for data in study.data_order:
+        for model in study.model_order:
+            r = by.get((model, data))
+            if r:
+                rows.append([study.task_label.get(data, data), study.label.get(model, model), r["point"],
+                             _with_ci(r["probe_skill"], r["probe_skill_ci"]), _with_ci(r["vqa_skill"],
+                                                                                      r["vqa_skill_ci"]),
+                             _with_ci(r["gap"], r["gap_ci"]), r["verdict"], f"{r['mcnemar_p']:.2g}",
+                             f"{r['recoverable_errors']} / {r['n']}"])
+    doc.table(["task", "model", "probe point", "probe skill [95% CI]", "VQA skill [95% CI]", "gap [95% CI]",
+               "verdict", "McNemar p", "recoverable / n"], rows, left=3)
+    doc.figure(study.bridge_dir / "figures" / "ladder.png",
+               "Difficulty ladder: tasks in configured order; probe skill (filled) and VQA skill (open) per model.")
+    doc.figure(study.bridge_dir / "figures" / "probe_vs_vqa.png",
+               "Probe skill against VQA skill; below the diagonal the answer loses what the encoder holds.")
+    doc.figure(study.bridge_dir / "figures" / "stage_curves.png",
+               "Stage curves: skill along vision blocks, projector, language model, description and answer (95% CI "
+               "bands; dotted line: the point the language model reads).")
+
+
+def _pairs(doc: _Doc, study: _Study) -> None:
+    doc.heading("Generalist vs medical: paired deltas", anchor="pairs")
+    if not study.pairs:
+        doc.text("No model pairs in this study.")
+        return
+    rows = [[study.task_label.get(p["data"], p["data"]), study.label.get(p["generalist"], p["generalist"]),
+             study.label.get(p["medical"], p["medical"]), _with_ci(p["probe_delta"], p["probe_delta_ci"]),
+             _with_ci(p["vqa_delta"], p["vqa_delta_ci"]), "yes" if p["identical_vision_tower"] else "no", p["n"]]
+            for p in study.pairs]
+    doc.table(["task", "generalist", "medical", "probe delta [95% CI]", "VQA delta [95% CI]", "identical tower",
+               "n"], rows, left=3)
+    doc.text("Delta = medical minus generalist skill on the same samples, with paired bootstrap CIs. An identical "
+             "tower means the two models' vision weights are the same: any probe difference then comes from the "
+             "projector point or from chance.")
+
+
+def _robustness(doc: _Doc, study: _Study) -> None:
+    doc.heading("Prompt sensitivity and robustness", anchor="robustness")
+    if not study.vqa:
+        doc.text("No VQA results.")
+        return
+    rows = []
+    for data in study.data_order:
+        for model in study.model_order:
+            unit = study.unit(model, data)
+            s = study.vqa.get(unit["key"]) if unit else None
+            if not s:
+                continue
+            image = s["conditions"]["image"]
+            q = s.get("quadrants", {})
+            rows.append([study.task_label.get(data, data), study.label.get(model, model), image["accuracy"],
+                         image["answered_accuracy"], image["refusal_rate"], (s["spread"].get("all") or {}).get("std"),
+                         (s["spread"].get("all") or {}).get("range"), s["paraphrase"]["flip_rate"],
+                         s["paraphrase"]["negation_flip_rate"], s["text_only"].get("agreement"),
+                         s["swap"].get("sensitivity"), q.get("Ideal"), q.get("Fragile"), q.get("Dangerous"),
+                         q.get("Worst")])
+    doc.table(["task", "model", "accuracy", "answered acc.", "refusals", "prompt std", "prompt range", "flip rate",
+               "negation flips", "text-only agree", "swap sens.", "Ideal", "Fragile", "Dangerous", "Worst"], rows,
+              left=2)
+    doc.text("Accuracy over all items (unanswered count wrong) and over answered items; spread of accuracy across "
+             "prompts; paraphrase flip rate (negations apart); agreement of answers with and without the image; "
+             "share of answers that change when the image is swapped for one of another class; quadrants of samples "
+             "by consistency x image reliance. Definitions: medfrag_probe/vqa/measures.py.")
+
+
+def _layers(doc: _Doc, study: _Study) -> None:
+    doc.heading("Layer curves", anchor="layers")
+    figures = []
+    for unit in study.units:
+        folder = study.folder / "probes" / f"seed-{study.seed}" / unit["key"]
+        figures += [(p, f"{unit['label']} on {study.task_label.get(unit['data'], unit['data'])}")
+                    for p in sorted(folder.glob("layers__*.png"))]
+    if not figures:
+        doc.text("No probe results.")
+        return
+    doc.raw("<div class='grid'>")
+    for path, caption in figures:
+        doc.figure(path, f"Probe balanced accuracy per point: {caption}")
+    doc.raw("</div>")
+
+
+def _ablation(doc: _Doc, study: _Study, figures: Path) -> None:
+    sweep = study.config.get("sweep") or {}
+    factor = sweep.get("factor")
+    doc.heading(f"Ablation: {factor}" if factor else "Ablation", anchor="ablation")
+    if not factor:
+        doc.text("The config sweeps no factor.")
+        return
+    draw = {"layer": _by_layer, "pooling": _by_field("pooling"), "probe": _by_field("probe"), "k": _by_k,
+            "prompt": _by_prompt, "train_size": _by_train_size, "resolution": _by_resolution, "pair": _by_pair}[factor]
+    path = draw(study, figures / f"ablation_{factor}.png")
+    if path is None:
+        doc.text(f"Nothing to plot for {factor}.")
+        return
+    doc.figure(path, f"Skill against {factor.replace('_', ' ')} (95% CIs where available).")
+
+
+def _panels(study: _Study, count: int | None = None):
+    n = count or len(study.data_order)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 1, 3.8), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=105)
+    return path
+
+
+def _linear(study, unit, pooling=None):
+    rows = [r for r in study.probes.get(unit["key"], []) if r["probe"] == "linear"]
+    return [r for r in rows if pooling is None or r["pooling"] == pooling]
+
+
+def _by_layer(study: _Study, path: Path) -> Path | None:
+    from ..probes.run import point_order
+
+    fig, axes = _panels(study)
+    for ax, data in zip(axes, study.data_order):
+        for model in study.model_order:
+            unit = study.unit(model, data)
+            rows = sorted(_linear(study, unit) if unit else [], key=lambda r: point_order(r["point"]))
+            best = {}
+            for r in rows:
+                if r["point"] not in best or r["skill"] > best[r["point"]]["skill"]:
+                    best[r["point"]] = r
+            pts = list(best.values())
+            if pts:
+                xs = np.arange(len(pts))
+                ys = [p["skill"] for p in pts]
+                err = np.array([[p["skill"] - (p["skill_ci"] or [p["skill"]] * 2)[0],
+                                 (p["skill_ci"] or [p["skill"]] * 2)[1] - p["skill"]] for p in pts]).T
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, label=study.label.get(model, model))
+                ax.set_xticks(xs)
+                ax.set_xticklabels([p["point"].replace("vision.block.", "v").replace("vision.", "")
+                                    for p in pts], rotation=60, fontsize=7)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_title(study.task_label.get(data, data), fontsize=10)
+        ax.set_ylabel("linear probe skill")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _by_field(name: str):
+    def draw(study: _Study, path: Path) -> Path | None:
+        fig, axes = _panels(study)
+        for ax, data in zip(axes, study.data_order):
+            values = []
+            for model in study.model_order:
+                unit = study.unit(model, data)
+                rows = study.probes.get(unit["key"], []) if unit else []
+                for r in rows:
+                    if r[name] not in values:
+                        values.append(r[name])
+            width = 0.8 / max(1, len(study.model_order))
+            for m, model in enumerate(study.model_order):
+                unit = study.unit(model, data)
+                rows = study.probes.get(unit["key"], []) if unit else []
+                best = [max([r["skill"] for r in rows if r[name] == v] or [np.nan]) for v in values]
+                ax.bar(np.arange(len(values)) + m * width, best, width, label=study.label.get(model, model))
+            ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2)
+            ax.set_xticklabels(values, fontsize=8)
+            ax.set_title(study.task_label.get(data, data), fontsize=10)
+            ax.set_ylabel(f"best probe skill per {name}")
+            ax.legend(fontsize=7)
+        return _save(fig, path)
+    return draw
+
+
+def _by_k(study: _Study, path: Path) -> Path | None:
+    fig, axes = _panels(study)
+    for ax, data in zip(axes, study.data_order):
+        for model in study.model_order:
+            unit = study.unit(model, data)
+            rows = [r for r in study.probes.get(unit["key"], []) if "@" in r["probe"]] if unit else []
+            by_k = defaultdict(list)
+            for r in rows:
+                by_k[int(r["probe"].split("@")[1])].append(r["skill"])
+            ks = sorted(by_k)
+            ax.plot(ks, [max(by_k[k]) for k in ks], marker="o", label=study.label.get(model, model))
+        ax.set_xscale("log")
+        ax.set_xlabel("k")
+        ax.set_ylabel("best kNN skill")
+        ax.set_title(study.task_label.get(data, data), fontsize=10)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _by_prompt(study: _Study, path: Path) -> Path | None:
+    fig, axes = _panels(study)
+    for ax, data in zip(axes, study.data_order):
+        prompts = []
+        for model in study.model_order:
+            unit = study.unit(model, data)
+            for p in (study.vqa.get(unit["key"], {}).get("prompts", []) if unit else []):
+                if p["prompt_id"] not in prompts:
+                    prompts.append(p["prompt_id"])
+        for model in study.model_order:
+            unit = study.unit(model, data)
+            table = {p["prompt_id"]: p for p in (study.vqa.get(unit["key"], {}).get("prompts", []) if unit else [])}
+            ys = [table[p]["accuracy"] if p in table else np.nan for p in prompts]
+            ax.plot(range(len(prompts)), ys, marker="o", label=study.label.get(model, model))
+        ax.set_xticks(range(len(prompts)))
+        ax.set_xticklabels(prompts, rotation=70, fontsize=7)
+        ax.set_ylabel("accuracy (image)")
+        ax.set_title(study.task_label.get(data, data), fontsize=10)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _by_train_size(study: _Study, path: Path) -> Path | None:
+    fig, axes = _panels(study)
+    for ax, data in zip(axes, study.data_order):
+        for model in study.model_order:
+            unit = study.unit(model, data)
+            rows = _jsonl(next(iter((study.folder / "curves" / unit["key"]).glob("curves__*.jsonl")), Path("-"))) \
+                if unit else []
+            if rows:
+                xs = [r["per_class"] for r in rows]
+                ys = [r["balanced_accuracy"] for r in rows]
+                ax.plot(xs, ys, marker="o", label=study.label.get(model, model))
+                ax.axhline(rows[0]["chance"], color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training samples per class")
+        ax.set_ylabel("balanced accuracy")
+        ax.set_title(study.task_label.get(data, data), fontsize=10)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _by_resolution(study: _Study, path: Path) -> Path | None:
+    tasks = list(dict.fromkeys(u["task_label"] for u in study.units))
+    fig, axes = _panels(study, len(tasks))
+    for ax, task in zip(axes, tasks):
+        for model in study.model_order:
+            units = [u for u in study.units if u["model"] == model and u["task_label"] == task]
+            xs = [int(u["variant"].removesuffix("px")) for u in units]
+            probe = [max([r["skill"] for r in _linear(study, u)] or [np.nan]) for u in units]
+            (line,) = ax.plot(xs, probe, marker="o", label=f"{study.label.get(model, model)} probe")
+            vqa = [study.vqa.get(u["key"], {}).get("classification", {}).get("skill") for u in units]
+            if any(v is not None for v in vqa):
+                ax.plot(xs, [np.nan if v is None else v for v in vqa], marker="o", mfc="white", ls="--",
+                        color=line.get_color(), label=f"{study.label.get(model, model)} VQA")
+        ax.set_xlabel("image size (px)")
+        ax.set_ylabel("skill")
+        ax.set_title(task, fontsize=10)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _by_pair(study: _Study, path: Path) -> Path | None:
+    if not study.pairs:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(study.pairs) + 2), 4))
+    labels = [f"{study.label.get(p['medical'], p['medical'])} - {study.label.get(p['generalist'], p['generalist'])}"
+              f"\n{study.task_label.get(p['data'], p['data'])}" for p in study.pairs]
+    x = np.arange(len(study.pairs))
+    for offset, key in ((-0.18, "probe"), (0.18, "vqa")):
+        ys = [p[f"{key}_delta"] for p in study.pairs]
+        cis = [p[f"{key}_delta_ci"] or [y, y] for p, y in zip(study.pairs, ys)]
+        err = np.array([[y - c[0], c[1] - y] for y, c in zip(ys, cis)]).T
+        ax.bar(x + offset, ys, 0.36, yerr=err, capsize=3, label=f"{key} delta")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("medical - generalist skill")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _seeds(doc: _Doc, study: _Study) -> None:
+    doc.heading("Stability across seeds", anchor="seeds")
+    if len(study.seeds) < 2:
+        doc.text(f"One seed ({study.seed}); list more under `seeds:` to see how folds and resamples move the results.")
+        return
+    rows = []
+    per_seed = {s: {(r["model"], r["data"]): r for r in _jsonl(study.folder / "bridge" / f"seed-{s}" /
+                                                                    "bridge.jsonl")} for s in study.seeds}
+    for data in study.data_order:
+        for model in study.model_order:
+            found = [per_seed[s].get((model, data)) for s in study.seeds]
+            found = [r for r in found if r]
+            if found:
+                probe = [r["probe_skill"] for r in found]
+                verdicts = sorted({r["verdict"] for r in found})
+                rows.append([study.task_label.get(data, data), study.label.get(model, model), float(np.mean(probe)),
+                             float(np.std(probe)), ", ".join(verdicts), "yes" if len(verdicts) == 1 else "no"])
+    doc.table(["task", "model", "probe skill (mean)", "sd across seeds", "verdicts", "stable"], rows, left=2)
+
+
+def _provenance(doc: _Doc, study: _Study) -> None:
+    doc.heading("Provenance", anchor="provenance")
+    rows = []
+    for unit in study.units:
+        s = study.vqa.get(unit["key"], {})
+        results = study.probes.get(unit["key"], [])
+        first = results[0] if results else {}
+        rows.append([unit["label"], unit["model"], study.task_label.get(unit["data"], unit["data"]), unit["data"],
+                     first.get("model_fingerprint") or s.get("model_fingerprint", ""),
+                     first.get("vision_fingerprint") or s.get("vision_fingerprint", ""),
+                     first.get("data_fingerprint") or s.get("data_fingerprint", ""),
+                     first.get("reads_point") or s.get("reads_point", "")])
+    doc.table(["model", "spec", "task", "data", "model fingerprint", "vision fingerprint", "data fingerprint",
+               "reads point"], rows, left=8)
+    versions = study.run.get("versions", {})
+    doc.text("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f". Seeds: {study.seeds}. "
+             f"Last run: {study.run.get('finished')} ({study.run.get('seconds')} s).")
+    doc.heading("The config as run", level=3)
+    doc.raw(f"<pre>{html.escape(study.config_text)}</pre>")
+    doc.md.append("```yaml\n" + study.config_text + "\n```")

@@ -1,0 +1,309 @@
+"""`run`: a whole study from one config -- extract -> probe -> vqa -> bridge for every model x task, incrementally.
+
+    from medfrag_probe.experiment import run
+    summary = run("configs/experiments/demo.yaml")
+    summary["model_work"]        # 0 when everything was already up to date
+
+Each stage of each (model, task) has an identity: what it depends on (the model spec and, for local checkpoints,
+its files' sizes and times; the data fingerprint; the task file; the settings that stage reads; the identities of the
+stages before it). A stage whose identity matches the stamp left by its last successful run is skipped, so a re-run
+with nothing changed loads no model, and changing one model redoes only its part. A killed run resumes: finished
+stages are stamped, and the stage in flight resumes from its own part files (extract and vqa write them).
+
+Layout under `out`: `cache/` (embeddings), `probes/seed-S/MODEL__TASK/`, `vqa/MODEL__TASK/`, `bridge/seed-S/`,
+`curves/` (train_size sweeps), `config.yaml` (the config as run), `run.json` (provenance and stage log), then
+`report.html` and `report.md` (`medfrag-probe report OUT`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from .._log import info
+from ..errors import UserError
+from .config import Config, ModelEntry, TaskEntry, load_config
+
+MODEL_STAGES = ("extract", "vqa")  # stages that load a model
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (model, task variant) of the study."""
+
+    model: ModelEntry
+    task: TaskEntry
+    data: str
+    variant: str  # "" or the swept value (e.g. resolution)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model.label}__{self.task.label}" + (f"@{self.variant}" if self.variant else "")
+
+
+class _Stamps:
+    """Identities of finished stages, one small JSON file each under `out/.stamps/`."""
+
+    def __init__(self, out: Path):
+        self.folder = out / ".stamps"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name.replace('/', '_')}.json"
+
+    def fresh(self, name: str, identity: dict) -> bool:
+        path = self._path(name)
+        return path.is_file() and json.loads(path.read_text()) == identity
+
+    def known(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def mark(self, name: str, identity: dict) -> None:
+        tmp = self._path(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps(identity, sort_keys=True, default=str))
+        os.replace(tmp, self._path(name))
+
+
+def run(config, *, out: str | Path | None = None) -> dict:
+    """Run every stage that is not up to date; write run.json; return {stages, model_work, out}."""
+    config = config if isinstance(config, Config) else load_config(config)
+    out = Path(out or config.out)
+    check_output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if Path(config.path).is_file():
+        shutil.copyfile(config.path, out / "config.yaml")
+    stamps, log = _Stamps(out), []
+    units = plan_units(config)
+    start = time.perf_counter()
+    for unit in units:
+        extract_id = _extract(unit, config, out, stamps, log)
+        for seed in config.seeds:
+            _probe(unit, config, out, stamps, log, seed=seed, upstream=extract_id)
+        _curves(unit, config, out, stamps, log, upstream=extract_id)
+        _vqa(unit, config, out, stamps, log)
+    for seed in config.seeds:
+        _bridge(units, config, out, stamps, log, seed=seed)
+    model_work = sum(1 for entry in log if entry["status"] == "ran" and entry["stage"] in MODEL_STAGES)
+    _write_run(out, config, units, log, seconds=time.perf_counter() - start)
+    if model_work == 0:
+        info(f"run {config.name}: nothing to do for any model (every extraction and VQA stage is up to date)")
+    info(f"run {config.name}: {sum(e['status'] == 'ran' for e in log)} stages ran, "
+         f"{sum(e['status'] == 'up to date' for e in log)} up to date -> {out}")
+    return {"stages": log, "model_work": model_work, "out": str(out)}
+
+
+def plan_units(config: Config) -> list[Unit]:
+    """Every (model, task variant); a resolution sweep makes one variant per size."""
+    units = []
+    for model in config.models:
+        for task in config.tasks:
+            if config.sweep and config.sweep["factor"] == "resolution":
+                units += [Unit(model, task, _with_param(task.data, "size", v), f"{v}px")
+                          for v in config.sweep["values"]]
+            else:
+                units.append(Unit(model, task, task.data, ""))
+    return units
+
+
+def _with_param(spec: str, key: str, value) -> str:
+    base, _, query = spec.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith(f"{key}=")]
+    return f"{base}?{'&'.join([*params, f'{key}={value}'])}"
+
+
+def _note(log: list, stage: str, unit: str, status: str, seconds: float = 0.0) -> None:
+    log.append({"stage": stage, "unit": unit, "status": status, "seconds": round(seconds, 2)})
+    info(f"[{stage}] {unit}: {status}" + (f" ({seconds:.1f} s)" if status == "ran" else ""))
+
+
+def model_stamp(spec: str) -> dict:
+    """What identifies a model's weights without loading them: the spec, and for local checkpoints the sizes and
+    modification times of their files (retraining in place changes them)."""
+    from ..models.loading import resolve_spec
+
+    parsed = resolve_spec(spec)
+    local = Path(parsed.target.removeprefix("local-dir:")) if parsed.kind != "timm" else None
+    if parsed.kind == "timm" and "checkpoint" in parsed.params:
+        local = Path(parsed.params["checkpoint"])
+    files = {}
+    if local is not None and local.exists():
+        paths = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+        files = {str(p.relative_to(local) if local.is_dir() else p.name): [p.stat().st_size, int(p.stat().st_mtime)]
+                 for p in paths if not p.name.startswith(".")}
+    return {"spec": spec, "resolved": parsed.kind + ":" + parsed.target, "files": files}
+
+
+def data_stamp(data: str) -> str:
+    """The data fingerprint (ids and labels) of a data spec."""
+    from ..data.sources import open_source
+
+    return open_source(data).fingerprint()
+
+
+def _poolings(config: Config) -> str | None:
+    if config.sweep and config.sweep["factor"] == "pooling":
+        wanted = (config.poolings.split(",") if config.poolings else []) + list(config.sweep["values"])
+        return ",".join(dict.fromkeys(wanted))
+    return config.poolings
+
+
+def _probes(config: Config) -> list[str]:
+    if config.sweep and config.sweep["factor"] == "probe":
+        return list(dict.fromkeys([*config.probes, *config.sweep["values"]]))
+    return config.probes
+
+
+def _extract(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list) -> dict:
+    from ..extract import extract
+
+    identity = {"model": model_stamp(unit.model.spec), "dtype": unit.model.dtype, "data": unit.data,
+                "data_fingerprint": data_stamp(unit.data), "points": config.points, "poolings": _poolings(config),
+                "extract": config.extract, "version": __version__}
+    name = f"extract__{unit.key}"
+    if stamps.fresh(name, identity):
+        _note(log, "extract", unit.key, "up to date")
+        return identity
+    start = time.perf_counter()
+    options = {k: v for k, v in config.extract.items() if k in ("batch_size", "device", "store_dtype", "prompt",
+                                                                  "workers")}
+    extract(unit.model.spec, unit.data, points=config.points, poolings=_poolings(config),
+            out=out / "cache" / f"{unit.key}.h5", dtype=unit.model.dtype,
+            trust_remote_code=unit.model.trust_remote_code, overwrite=stamps.known(name), **options)
+    stamps.mark(name, identity)
+    _note(log, "extract", unit.key, "ran", time.perf_counter() - start)
+    return identity
+
+
+def _probe(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, seed: int, upstream: dict) -> None:
+    from ..probes import probe
+
+    ks = config.sweep["values"] if config.sweep and config.sweep["factor"] == "k" else None
+    identity = {"extract": config.digest(upstream), "probes": _probes(config), "folds": config.folds,
+                "replicates": config.replicates, "controls": config.controls, "seed": seed, "ks": ks,
+                "version": __version__}
+    name = f"probe__{unit.key}__seed{seed}"
+    if stamps.fresh(name, identity):
+        _note(log, "probe", f"{unit.key} seed {seed}", "up to date")
+        return
+    start = time.perf_counter()
+    folder = out / "probes" / f"seed-{seed}" / unit.key
+    shutil.rmtree(folder, ignore_errors=True)
+    probe([out / "cache" / f"{unit.key}.h5"], probes=_probes(config), out=folder, folds=config.folds, seed=seed,
+          replicates=config.replicates, controls=config.controls, ks=ks)
+    stamps.mark(name, identity)
+    _note(log, "probe", f"{unit.key} seed {seed}", "ran", time.perf_counter() - start)
+
+
+def _curves(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, upstream: dict) -> None:
+    """Learning curves at the point the language model reads (train_size sweeps)."""
+    if not (config.sweep and config.sweep["factor"] == "train_size"):
+        return
+    from ..cache import EmbeddingCache
+    from ..probes.curves import SIZES, learning_curves
+
+    sizes = tuple(config.sweep["values"]) or SIZES
+    identity = {"extract": config.digest(upstream), "sizes": list(sizes), "seed": config.seeds[0],
+                "version": __version__}
+    name = f"curves__{unit.key}"
+    if stamps.fresh(name, identity):
+        _note(log, "curves", unit.key, "up to date")
+        return
+    start = time.perf_counter()
+    cache = EmbeddingCache(out / "cache" / f"{unit.key}.h5")
+    point = cache.attrs.get("reads_point") or cache.points()[-1][0]
+    pairs = [(p, q) for p, q in cache.points() if p == point][:1] or cache.points()[-1:]
+    learning_curves(cache.path, pairs, probes=("linear",), sizes=sizes, folds=config.folds, seed=config.seeds[0],
+                    replicates=min(config.replicates, 300), out=out / "curves" / unit.key)
+    stamps.mark(name, identity)
+    _note(log, "curves", unit.key, "ran", time.perf_counter() - start)
+
+
+def generates(spec: str) -> bool:
+    """Whether a model spec names a vision-language model that answers questions (decided without loading it)."""
+    from ..models.loading import architecture_of, load_registry, resolve_spec
+    from ..models.registry import ARCHITECTURES
+
+    load_registry()
+    return bool(getattr(ARCHITECTURES[architecture_of(resolve_spec(spec))], "can_generate", False))
+
+
+def _vqa(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list) -> None:
+    from ..vqa import vqa
+    from ..vqa.tasks import load_task
+
+    if config.vqa is None or not generates(unit.model.spec):
+        return
+    task = load_task(unit.task.task)
+    options = {"conditions": ["image", "no-image"], "describe_with": "vlm", **config.vqa}
+    identity = {"model": model_stamp(unit.model.spec), "dtype": unit.model.dtype, "data": unit.data,
+                "data_fingerprint": data_stamp(unit.data), "task": config.digest(task.__dict__),
+                "vqa": options, "seed": config.seeds[0], "version": __version__}
+    name = f"vqa__{unit.key}"
+    if stamps.fresh(name, identity):
+        _note(log, "vqa", unit.key, "up to date")
+        return
+    start = time.perf_counter()
+    describe = options.pop("describe_with")
+    vqa(unit.model.spec, unit.data, task, out=out / "vqa" / unit.key, seed=config.seeds[0],
+        describe_with=None if describe in (None, False, "none") else describe, overwrite=stamps.known(name),
+        trust_remote_code=unit.model.trust_remote_code, **{"dtype": unit.model.dtype, **options})
+    stamps.mark(name, identity)
+    _note(log, "vqa", unit.key, "ran", time.perf_counter() - start)
+
+
+def _bridge(units: list[Unit], config: Config, out: Path, stamps: _Stamps, log: list, *, seed: int) -> None:
+    from ..bridge import bridge
+
+    vqa_dirs = [out / "vqa" / u.key for u in units if (out / "vqa" / u.key / "summary.json").is_file()]
+    if not vqa_dirs:
+        return
+    stamp_files = [*stamps.folder.glob("vqa__*.json"), *stamps.folder.glob(f"probe__*__seed{seed}.json")]
+    upstream = {p.name: json.loads(p.read_text()) for p in sorted(stamp_files)}
+    label_to_spec = {m.label: m.spec for m in config.models}
+    pairs = [(label_to_spec[a], label_to_spec[b]) for a, b in config.pairs]
+    identity = {"upstream": config.digest(upstream), "bridge": config.bridge, "pairs": pairs,
+                "order": [u.data for u in units], "version": __version__}
+    name = f"bridge__seed{seed}"
+    if stamps.fresh(name, identity):
+        _note(log, "bridge", f"seed {seed}", "up to date")
+        return
+    start = time.perf_counter()
+    folder = out / "bridge" / f"seed-{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    bridge([out / "probes" / f"seed-{seed}"], vqa_dirs, out=folder, pairs=pairs,
+           order=list(dict.fromkeys(u.data for u in units)), replicates=config.replicates,
+           **{k: v for k, v in config.bridge.items()})
+    stamps.mark(name, identity)
+    _note(log, "bridge", f"seed {seed}", "ran", time.perf_counter() - start)
+
+
+def _write_run(out: Path, config: Config, units: list[Unit], log: list, *, seconds: float) -> None:
+    import torch
+    import transformers
+
+    previous = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    record = {"name": config.name, "config": config.path, "finished": datetime.now(timezone.utc).isoformat(
+              timespec="seconds"), "seconds": round(seconds, 2), "stages": log,
+              "history": (previous.get("history", []) + [{"finished": previous.get("finished"),
+                                                          "seconds": previous.get("seconds")}])[-20:]
+              if previous else [],
+              "units": [{"key": u.key, "model": u.model.spec, "label": u.model.label, "task": u.task.task,
+                         "task_label": u.task.label, "data": u.data, "variant": u.variant} for u in units],
+              "versions": {"medfrag_probe": __version__, "torch": torch.__version__,
+                           "transformers": transformers.__version__, "python": platform.python_version()}}
+    tmp = out / ".run.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / "run.json")
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse to run into a folder that holds something other than a study's outputs."""
+    if out.exists() and any(out.iterdir()) and not (out / "run.json").is_file() and not (out / ".stamps").is_dir():
+        raise UserError(f"{out} is not empty and holds no study (no run.json); choose another --out")
