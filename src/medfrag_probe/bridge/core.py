@@ -216,9 +216,9 @@ def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tup
     answers = [r for r in read_answers(run["dir"]) if r.condition == "image"]
     vqa_class = sample_classes(answers)
     rename = summary.get("class_map", {})
-    best_pred, best_points = select_best(matched)
     reads_point = summary.get("reads_point") or matched[0].get("reads_point", "")
     reads = _reads_result(matched, reads_point)
+    best_pred, best_points = select_best(matched, fallback=reads)
     join = _join(best_pred, vqa_class, rename, replicates=rule["replicates"])
     scores = _paired(join)
     table, p_value = mcnemar(join)
@@ -258,7 +258,7 @@ def _slug(text: str) -> str:
 
 
 def _pooling(best_points: dict) -> str:
-    return Counter(v.split("/")[1] for v in best_points.values()).most_common(1)[0][0]
+    return Counter(v.split("/")[1].split(" ")[0] for v in best_points.values()).most_common(1)[0][0]
 
 
 def _reads_result(matched: list[dict], reads_point: str) -> dict | None:
@@ -268,15 +268,20 @@ def _reads_result(matched: list[dict], reads_point: str) -> dict | None:
     return next((r for r in at if r["pooling"] == "mean"), at[0])
 
 
-def select_best(matched: list[dict]) -> tuple[dict, dict]:
+def select_best(matched: list[dict], *, fallback: dict | None = None) -> tuple[dict, dict]:
     """Out-of-fold predictions where each fold's rows come from the point with the best held-out (training-side)
-    score on that fold; returns the assembled predictions and {fold: "point/pooling"}."""
+    score on that fold; returns the assembled predictions and {fold: "point/pooling"}. Without held-out scores (too
+    few patients per class for inner CV) nothing is selected: `fallback` (the read point) is used for every fold."""
     # the encoder's side only (vision points and projector): language-model states already mix in the prompt
     scored = [r for r in matched if not r["point"].startswith("lm.")
               and any(v is not None for v in r.get("hyper", {}).get("val_score") or [])]
     if not scored:
-        raise UserError("the probe results carry no held-out scores to choose a point by; re-run "
-                        "`medfrag-probe probe` (linear probes record them)")
+        chosen = fallback or max((r for r in matched if not r["point"].startswith("lm.")),
+                                 key=lambda r: point_order(r["point"]), default=None)
+        if chosen is None:
+            raise UserError("no vision or projector probe results to compare with the answers")
+        preds = read_predictions_with_folds(chosen["predictions"])
+        return preds, {"all": f"{chosen['point']}/{chosen['pooling']} (no held-out scores: not selected)"}
     preds = {id(r): read_predictions_with_folds(r["predictions"]) for r in scored}
     base = preds[id(scored[0])]
     folds = sorted(set(base["fold"].tolist()))

@@ -60,7 +60,8 @@ class _Stamps:
 
     def fresh(self, name: str, identity: dict) -> bool:
         path = self._path(name)
-        return path.is_file() and json.loads(path.read_text()) == identity
+        plain = json.loads(json.dumps(identity, sort_keys=True, default=str))  # tuples as lists, as stored
+        return path.is_file() and json.loads(path.read_text()) == plain
 
     def known(self, name: str) -> bool:
         return self._path(name).is_file()
@@ -250,10 +251,11 @@ def _vqa(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list) -> N
         _note(log, "vqa", unit.key, "up to date")
         return
     start = time.perf_counter()
-    describe = options.pop("describe_with")
+    kwargs = {"dtype": unit.model.dtype, **options}
+    describe = kwargs.pop("describe_with")
     vqa(unit.model.spec, unit.data, task, out=out / "vqa" / unit.key, seed=config.seeds[0],
         describe_with=None if describe in (None, False, "none") else describe, overwrite=stamps.known(name),
-        trust_remote_code=unit.model.trust_remote_code, **{"dtype": unit.model.dtype, **options})
+        trust_remote_code=unit.model.trust_remote_code, **kwargs)
     stamps.mark(name, identity)
     _note(log, "vqa", unit.key, "ran", time.perf_counter() - start)
 

@@ -163,7 +163,12 @@ def _processor(target: str, tower_dir: str):
     import transformers
 
     image_processor = transformers.CLIPImageProcessor.from_pretrained(tower_dir)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(target)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the llava_mistral model type is unknown to transformers: expected
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(target)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     if "<image>" not in tokenizer.get_vocab():
         tokenizer.add_tokens(["<image>"], special_tokens=True)
     if tokenizer.pad_token is None:

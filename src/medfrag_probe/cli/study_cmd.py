@@ -1,0 +1,59 @@
+"""`medfrag-probe run`, `report` and `demo`: whole studies from one config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to `app`."""
+    app.command("run", no_args_is_help=True)(run_command)
+    app.command("report", no_args_is_help=True)(report_command)
+    app.command("demo")(demo_command)
+
+
+def run_command(
+    config: Annotated[str, typer.Argument(help="An experiment config (YAML path, or a name under "
+                                          "configs/experiments/).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the config's `out`).")] = None,
+    report: Annotated[bool, typer.Option(help="Write the HTML and Markdown report at the end.")] = True,
+) -> None:
+    """Extract -> probe -> vqa -> bridge for every model x task; only what changed since the last run is redone."""
+    from ..experiment import run
+    from ..experiment.report import report as write_report
+
+    summary = run(config, out=out)
+    folder = Path(summary["out"])
+    if report:
+        paths = write_report(folder)
+        typer.echo(f"report: {paths['html']} (summary: {paths['markdown']})")
+    typer.echo(f"{summary['model_work']} model stages ran; results in {folder}")
+
+
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="A study folder written by `run`.")],
+) -> None:
+    """A self-contained HTML report (figures embedded) and a Markdown summary of a study folder."""
+    from ..experiment.report import report
+
+    paths = report(folder)
+    typer.echo(f"report: {paths['html']} (summary: {paths['markdown']})")
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("probes/demo"),
+    config: Annotated[str, typer.Option(help="The demo config (a shorter one for CI: demo-ci).")] = "demo",
+) -> None:
+    """The embedded demo: tiny models of two generalist/medical pairs on the four synthetic tasks, every stage."""
+    import time
+
+    from ..experiment import run
+    from ..experiment.report import report
+
+    start = time.perf_counter()
+    summary = run(config, out=out)
+    paths = report(summary["out"])
+    typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s; open {paths['html'].resolve()}")

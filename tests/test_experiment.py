@@ -1,0 +1,156 @@
+"""Experiment configs, incremental `run`, resume after a kill, `report`, and the demo config."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from medfrag_probe.errors import UserError
+from medfrag_probe.experiment import load_config, run
+from medfrag_probe.experiment.report import report
+
+SMALL = {
+    "name": "small",
+    "models": [{"spec": "tiny:llava", "label": "llava"}, {"spec": "tiny:llava-med", "label": "llava-med"}],
+    "pairs": [["llava", "llava-med"]],
+    "tasks": [{"task": "synth-brain-mri", "data": "synth:brain-mri?n=32"},
+              {"task": "synth-histology", "data": "synth:histology?n=32"}],
+    "points": "vision.block.01,projector", "poolings": "mean", "probes": ["linear"], "folds": 3,
+    "replicates": 50, "controls": False,
+    "vqa": {"conditions": ["image", "no-image"], "prompts": ["mc-diagnosis", "desc-detail"], "max_new_tokens": 4,
+            "describe_tokens": 8, "limit": 12},
+    "sweep": {"factor": "layer"},
+}
+
+
+def _write(tmp_path, config: dict, name: str = "study.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _outputs(out) -> dict:
+    """What a study produced, without timings."""
+    bridge = [{k: v for k, v in json.loads(line).items() if k not in ("samples",)}
+              for line in (out / "bridge" / "seed-0" / "bridge.jsonl").read_text().splitlines()]
+    probes = sorted((p.parent.name, json.loads(line)["point"], json.loads(line)["balanced_accuracy"])
+                    for p in (out / "probes" / "seed-0").glob("*/results.jsonl") for line in p.read_text().splitlines())
+    answers = {p.parent.name: p.read_text() for p in (out / "vqa").glob("*/answers.jsonl")}
+    return {"bridge": bridge, "probes": probes, "answers": answers}
+
+
+def test_a_second_run_does_no_model_work_and_changing_one_model_redoes_only_its_part(tmp_path, monkeypatch, capsys):
+    config = _write(tmp_path, SMALL)
+    first = run(config, out=tmp_path / "out")
+    assert first["model_work"] == 2 * 2 * 2  # extract + vqa for 2 models x 2 tasks
+    before = _outputs(tmp_path / "out")
+
+    import medfrag_probe.models.loading as loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(loading, "load_adapter", no_model)
+    second = run(config, out=tmp_path / "out")
+    assert second["model_work"] == 0
+    assert {e["status"] for e in second["stages"]} == {"up to date"}, [e for e in second["stages"] if e["status"] == "ran"]
+    assert "nothing to do for any model" in capsys.readouterr().err
+    assert _outputs(tmp_path / "out") == before
+    monkeypatch.undo()
+
+    changed = {**SMALL, "models": [SMALL["models"][0], {"spec": "tiny:medgemma", "label": "llava-med"}]}
+    third = run(_write(tmp_path, changed), out=tmp_path / "out")
+    ran = {(e["stage"], e["unit"].split(" ")[0]) for e in third["stages"] if e["status"] == "ran"}
+    assert ran == {("extract", "llava-med__synth-brain-mri"), ("extract", "llava-med__synth-histology"),
+                   ("probe", "llava-med__synth-brain-mri"), ("probe", "llava-med__synth-histology"),
+                   ("vqa", "llava-med__synth-brain-mri"), ("vqa", "llava-med__synth-histology"), ("bridge", "seed")}
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch):
+    config = _write(tmp_path, SMALL)
+    run(config, out=tmp_path / "clean")
+    clean = _outputs(tmp_path / "clean")
+
+    import medfrag_probe.vqa.run as vqa_run
+
+    real = vqa_run._generate_all
+    calls = {"n": 0}
+
+    def dies_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Killed()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vqa_run, "_generate_all", dies_on_third)
+    with pytest.raises(_Killed):
+        run(config, out=tmp_path / "killed")
+    monkeypatch.undo()
+    resumed = run(config, out=tmp_path / "killed")
+    skipped = {e["unit"] for e in resumed["stages"] if e["status"] == "up to date" and e["stage"] == "vqa"}
+    assert skipped == {"llava__synth-brain-mri", "llava__synth-histology"}  # finished before the kill
+    assert _outputs(tmp_path / "killed") == clean
+
+
+def test_report_has_every_section_and_embedded_figures(tmp_path):
+    out = tmp_path / "out"
+    run(_write(tmp_path, SMALL), out=out)
+    paths = report(out)
+    page = paths["html"].read_text()
+    for section in ("Verdicts per task and model", "paired deltas", "Prompt sensitivity", "Layer curves",
+                    "Ablation: layer", "Provenance", "The config as run"):
+        assert section in page
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    # ladder, scatter, stage curves, one layer curve per unit, the ablation plot
+    assert len(images) == 3 + 4 + 1 and all(len(i) > 2000 for i in images)
+    assert "src='http" not in page and "<script" not in page  # self-contained, nothing fetched
+    markdown = paths["markdown"].read_text()
+    assert "| synth-brain-mri | llava |" in markdown and "verdict" in markdown
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"modells": []}, "unknown key 'modells' in the top level; valid: name, description"),
+    ({"vqa": {"conditons": ["image"]}}, "unknown key 'conditons' in vqa; valid: conditions"),
+    ({"tasks": [{"task": "synth-brain-mri", "dta": "x"}]}, r"unknown key 'dta' in tasks\[0\]; valid: task, data"),
+    ({"models": []}, "'models' is required"),
+    ({"pairs": [["llava", "nobody"]]}, "pair member 'nobody' is not a listed model"),
+    ({"probes": ["svm"]}, "unknown probe 'svm' in probes; valid:"),
+    ({"folds": 1}, "folds must be an integer >= 2"),
+    ({"sweep": {"factor": "colour"}}, "unknown sweep factor 'colour'; valid: layer, pooling"),
+    ({"sweep": {"factor": "resolution"}}, "sweep over resolution needs 'values'"),
+    ({"vqa": {"conditions": ["image", "bogus"]}}, "vqa: unknown condition 'bogus'"),
+    ({"tasks": ["no-such-task"]}, "unknown task 'no-such-task'"),
+])
+def test_a_bad_config_gets_a_one_line_error_naming_the_key(tmp_path, change, message):
+    path = _write(tmp_path, {**SMALL, **change})
+    with pytest.raises(UserError, match=message) as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_config_through_the_cli_exits_2(tmp_path, capsys):
+    from medfrag_probe.cli import main
+
+    path = _write(tmp_path, {**SMALL, "extract": {"batchsize": 4}})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: config {path}: unknown key 'batchsize' in extract; valid: "
+                                               "batch_size, device, dtype, store_dtype, prompt, workers")
+
+
+def test_shipped_experiment_configs_are_valid():
+    from medfrag_probe.experiment.config import experiments_dir
+
+    names = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+    assert {"demo", "demo-ci"} <= set(names)
+    for name in names:
+        config = load_config(name)
+        assert config.models and config.tasks
