@@ -56,7 +56,7 @@ def test_a_second_run_does_no_model_work_and_changing_one_model_redoes_only_its_
     monkeypatch.setattr(loading, "load_adapter", no_model)
     second = run(config, out=tmp_path / "out")
     assert second["model_work"] == 0
-    assert {e["status"] for e in second["stages"]} == {"up to date"}, [e for e in second["stages"] if e["status"] == "ran"]
+    assert [e for e in second["stages"] if e["status"] != "up to date"] == []
     assert "nothing to do for any model" in capsys.readouterr().err
     assert _outputs(tmp_path / "out") == before
     monkeypatch.undo()

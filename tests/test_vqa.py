@@ -255,3 +255,15 @@ def test_description_pipeline_with_a_text_llm(brain, tmp_path):
     assert point["point"] == "description.desc-detail" and point["n"] == len(source)
     rows = (tmp_path / "description" / "llm_answers.jsonl").read_text().splitlines()
     assert len(rows) == len(source)
+
+
+@pytest.mark.parametrize("arch", TINY_VLMS + ["medgemma"])
+def test_every_tiny_vlm_projects_the_image_into_its_language_model(arch, tmp_path):
+    """The projector output varies with the image (a zero-initialised projection would hide the image from the LM)."""
+    from medfrag_probe.cache import EmbeddingCache
+    from medfrag_probe.extract import extract
+
+    result = extract(f"tiny:{arch}", "synth:brain-mri?n=4", points="projector", poolings="mean",
+                     out=tmp_path / "c.h5")
+    features = EmbeddingCache(result.path).load("projector", "mean")
+    assert np.isfinite(features).all() and features.std(0).mean() > 1e-3

@@ -49,8 +49,12 @@ def _data_order(records, order) -> list[str]:
 
 def stage_curves(records, path: Path, *, data_order) -> Path:
     """One panel per data source: skill at each stage (vision blocks -> projector -> LM -> description -> answer)."""
-    fig, axes = plt.subplots(1, len(data_order), figsize=(6.2 * len(data_order), 4.4), squeeze=False)
-    for ax, data in zip(axes[0], data_order):
+    cols = min(2, len(data_order))
+    rows_n = -(-len(data_order) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.6 * cols, 4.6 * rows_n), squeeze=False)
+    for ax in axes.flat[len(data_order):]:
+        ax.axis("off")
+    for ax, data in zip(axes.flat, data_order):
         rows = [r for r in records if r["data"] == data]
         stages = []
         for r in rows:
@@ -109,23 +113,31 @@ def _stage_bounds(stages, x) -> dict:
 
 def scatter(records, path: Path) -> Path:
     """Probe skill (x) against VQA skill (y), 95% CIs, coloured by verdict; below the diagonal = lost read-out."""
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    fig, ax = plt.subplots(figsize=(7.4, 5.6))
     low = _floor(records)
     ax.plot([low, 1.05], [low, 1.05], color="grey", lw=0.8, ls="--", label="VQA = probe")
+    models = list(dict.fromkeys(r["model"] for r in records))
+    tasks = list(dict.fromkeys(r["data"] for r in records))
+    shapes = "osD^vP*Xph"
     for r in records:
         colour = VERDICT_COLOURS.get(r["verdict"], "black")
         ax.errorbar(r["probe_skill"], r["vqa_skill"], xerr=_err(r["probe_skill"], r["probe_skill_ci"]),
-                    yerr=_err(r["vqa_skill"], r["vqa_skill_ci"]), fmt="o", color=colour, ms=6, capsize=2)
-        ax.annotate(f"{r['model']}\n{r['data']}", (r["probe_skill"], r["vqa_skill"]), fontsize=6,
-                    xytext=(4, 4), textcoords="offset points")
+                    yerr=_err(r["vqa_skill"], r["vqa_skill_ci"]), fmt=shapes[models.index(r["model"]) % len(shapes)],
+                    color=colour, ms=7, capsize=2, elinewidth=0.8, alpha=0.85)
+        ax.annotate(str(tasks.index(r["data"]) + 1), (r["probe_skill"], r["vqa_skill"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
     for verdict, colour in VERDICT_COLOURS.items():
-        ax.plot([], [], "o", color=colour, label=verdict)
+        ax.plot([], [], "s", color=colour, label=verdict)
+    for m, model in enumerate(models):
+        ax.plot([], [], shapes[m % len(shapes)], color="#555", mfc="white", label=model)
+    ax.text(1.02, 0.02, "\n".join(f"{k + 1}: {t}" for k, t in enumerate(tasks)), transform=ax.transAxes,
+            fontsize=7, va="bottom")
     ax.set_xlim(low, 1.05)
     ax.set_ylim(low, 1.05)
     ax.set_xlabel("probe skill (vision representation)")
     ax.set_ylabel("VQA skill (the answer)")
-    ax.set_title("What the encoder holds vs what the model says", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("What the encoder holds vs what the model says (numbers: tasks)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

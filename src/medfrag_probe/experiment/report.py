@@ -32,7 +32,8 @@ h1{font-size:26px;margin:8px 0 4px} h2{font-size:20px;margin:36px 0 10px;border-
 padding-bottom:6px} h3{font-size:15px;margin:18px 0 8px;color:#3a4456}
 p.lead{color:#4a5568;margin:0 0 14px;max-width:900px} .note{color:#5a6475;font-size:13px;max-width:960px}
 table{border-collapse:collapse;font-size:13px;background:#fff;margin:6px 0 14px;box-shadow:0 1px 2px #0001}
-.scroll{overflow-x:auto} th,td{padding:5px 9px;border-bottom:1px solid #e5e8ee;text-align:right;white-space:nowrap}
+.scroll{overflow-x:auto}
+th,td{padding:4px 7px;border-bottom:1px solid #e5e8ee;text-align:right;white-space:nowrap;font-size:12px}
 th{background:#eef1f6;text-align:center;font-weight:600} td.l,th.l{text-align:left}
 .v{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
 .sound{background:#2a9d3f}.reasoning-limited{background:#e07b00}.vision-limited{background:#c0392b}
@@ -292,9 +293,14 @@ def _ablation(doc: _Doc, study: _Study, figures: Path) -> None:
 
 
 def _panels(study: _Study, count: int | None = None):
+    """One panel per task, at most two per row."""
     n = count or len(study.data_order)
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 1, 3.8), squeeze=False)
-    return fig, axes[0]
+    cols = min(2, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:n]
 
 
 def _save(fig, path: Path) -> Path:
@@ -309,27 +315,29 @@ def _linear(study, unit, pooling=None):
 
 
 def _by_layer(study: _Study, path: Path) -> Path | None:
+    """Linear probe skill per point; models share the x axis by point name (towers differ in depth)."""
     from ..probes.run import point_order
 
     fig, axes = _panels(study)
     for ax, data in zip(axes, study.data_order):
-        for model in study.model_order:
-            unit = study.unit(model, data)
-            rows = sorted(_linear(study, unit) if unit else [], key=lambda r: point_order(r["point"]))
+        units = [study.unit(model, data) for model in study.model_order]
+        names = sorted({r["point"] for u in units if u for r in _linear(study, u)}, key=point_order)
+        x = {name: i for i, name in enumerate(names)}
+        for model, unit in zip(study.model_order, units):
             best = {}
-            for r in rows:
+            for r in _linear(study, unit) if unit else []:
                 if r["point"] not in best or r["skill"] > best[r["point"]]["skill"]:
                     best[r["point"]] = r
-            pts = list(best.values())
+            pts = sorted(best.values(), key=lambda r: point_order(r["point"]))
             if pts:
-                xs = np.arange(len(pts))
                 ys = [p["skill"] for p in pts]
                 err = np.array([[p["skill"] - (p["skill_ci"] or [p["skill"]] * 2)[0],
                                  (p["skill_ci"] or [p["skill"]] * 2)[1] - p["skill"]] for p in pts]).T
-                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, label=study.label.get(model, model))
-                ax.set_xticks(xs)
-                ax.set_xticklabels([p["point"].replace("vision.block.", "v").replace("vision.", "")
-                                    for p in pts], rotation=60, fontsize=7)
+                ax.errorbar([x[p["point"]] for p in pts], ys, yerr=err, marker="o", ms=3, capsize=2,
+                            label=study.label.get(model, model))
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace("vision.block.", "v").replace("vision.", "") for n in names], rotation=60,
+                           fontsize=7)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
         ax.set_title(study.task_label.get(data, data), fontsize=10)
         ax.set_ylabel("linear probe skill")

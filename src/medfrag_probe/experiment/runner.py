@@ -209,7 +209,7 @@ def _curves(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *
     from ..cache import EmbeddingCache
     from ..probes.curves import SIZES, learning_curves
 
-    sizes = tuple(config.sweep["values"]) or SIZES
+    sizes = (*config.sweep["values"], None) if config.sweep["values"] else SIZES  # None: the whole training fold
     identity = {"extract": config.digest(upstream), "sizes": list(sizes), "seed": config.seeds[0],
                 "version": __version__}
     name = f"curves__{unit.key}"

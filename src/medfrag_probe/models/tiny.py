@@ -19,7 +19,7 @@ import torch
 
 from ..errors import bad_choice
 
-VERSION = "v2"
+VERSION = "v3"
 IMAGE = 32
 WIDTH = 64
 TINY: dict[str, Callable[[Path], str]] = {}
@@ -238,7 +238,11 @@ def _gemma3(out: Path, *, seed: int) -> str:
     config = transformers.Gemma3Config(vision_config=_siglip_vision(vision_use_head=False), text_config=text,
                                        mm_tokens_per_image=4, image_token_id=tok.image_token_id,
                                        boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id)
-    transformers.Gemma3ForConditionalGeneration(config).save_pretrained(out)
+    model = transformers.Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers initialises this projection to zeros: the image would never reach the LM
+        weight = model.model.multi_modal_projector.mm_input_projection_weight
+        weight.normal_(0.0, weight.shape[0] ** -0.5)
+    model.save_pretrained(out)
     images = transformers.Gemma3ImageProcessor(size={"height": IMAGE, "width": IMAGE})
     transformers.Gemma3Processor(image_processor=images, tokenizer=tok, image_seq_length=4,
                                  chat_template=GEMMA_TEMPLATE).save_pretrained(out)
