@@ -30,3 +30,13 @@ def synth_images():
 
     source = open_source("synth:brain-mri?n=8&size=48")
     return [source.image(i) for i in range(len(source))]
+
+
+@pytest.fixture(autouse=True)
+def loud_by_default():
+    """`--quiet` in one CLI test must not silence the next test's status lines."""
+    from medfrag_probe._log import set_quiet
+
+    set_quiet(False)
+    yield
+    set_quiet(False)

@@ -154,3 +154,25 @@ def test_shipped_experiment_configs_are_valid():
     for name in names:
         config = load_config(name)
         assert config.models and config.tasks
+
+
+def test_the_ci_demo_runs_every_stage_end_to_end(tmp_path, capsys):
+    """The shortened demo config (CI): 4 tiny models x 4 synthetic tasks, extract -> probe -> vqa -> bridge ->
+    report, through the CLI as README runs the full one."""
+    from medfrag_probe.bridge import VERDICTS
+    from medfrag_probe.cli import main
+
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quiet", "demo", "--config", "demo-ci", "--out", str(out)])
+    assert exit_info.value.code == 0
+    assert f"open {(out / 'report.html').resolve()}" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "bridge" / "seed-0" / "bridge.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and {r["verdict"] for r in records} <= set(VERDICTS)
+    pairs = [json.loads(line) for line in (out / "bridge" / "seed-0" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 8
+    # the LLaVA pair shares its tower (as LLaVA and LLaVA-Med do); the Gemma pair does not
+    assert {p["identical_vision_tower"] for p in pairs if p["generalist"] == "tiny:llava"} == {True}
+    assert {p["identical_vision_tower"] for p in pairs if p["generalist"] == "tiny:gemma3"} == {False}
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 + 16 + 1
