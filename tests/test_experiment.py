@@ -176,3 +176,40 @@ def test_the_ci_demo_runs_every_stage_end_to_end(tmp_path, capsys):
     assert {p["identical_vision_tower"] for p in pairs if p["generalist"] == "tiny:gemma3"} == {False}
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 + 16 + 1
+
+
+ONE = {"models": [{"spec": "tiny:llava", "label": "llava"}],
+       "tasks": [{"task": "synth-histology", "data": "synth:histology?n=24"}],
+       "points": "vision.block.01,projector", "poolings": "mean", "probes": ["linear"], "folds": 3,
+       "replicates": 20, "controls": False, "vqa": False}
+
+
+@pytest.mark.parametrize("sweep, extra", [
+    ({"factor": "pooling", "values": ["mean", "max"]}, {}),
+    ({"factor": "k", "values": [1, 5]}, {"probes": ["knn"]}),
+    ({"factor": "resolution", "values": [32, 48]}, {}),
+    ({"factor": "train_size", "values": [2, 4]}, {}),
+    ({"factor": "prompt"}, {"vqa": {"prompts": ["yes_no"], "max_new_tokens": 2, "describe_with": "none",
+                                     "limit": 6}}),
+])
+def test_each_sweep_factor_runs_and_is_plotted(tmp_path, sweep, extra):
+    out = tmp_path / "out"
+    run(_write(tmp_path, {**ONE, **extra, "sweep": sweep}), out=out)
+    report(out)
+    figure = out / "figures" / f"ablation_{sweep['factor']}.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG" and figure.stat().st_size > 5000
+    if sweep["factor"] == "resolution":
+        assert sorted(p.name for p in (out / "cache").glob("*.h5")) == ["llava__synth-histology@32px.h5",
+                                                                        "llava__synth-histology@48px.h5"]
+    if sweep["factor"] == "pooling":
+        files = (out / "probes").rglob("results.jsonl")
+        rows = [json.loads(line) for p in files for line in p.read_text().splitlines()]
+        assert {r["pooling"] for r in rows} == {"mean", "max"}
+
+
+def test_run_refuses_a_folder_that_is_not_a_study(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("precious")
+    with pytest.raises(UserError, match="not empty and holds no study"):
+        run(_write(tmp_path, ONE), out=tmp_path / "out")
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"

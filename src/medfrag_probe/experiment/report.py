@@ -445,7 +445,7 @@ def _by_resolution(study: _Study, path: Path) -> Path | None:
             if any(v is not None for v in vqa):
                 ax.plot(xs, [np.nan if v is None else v for v in vqa], marker="o", mfc="white", ls="--",
                         color=line.get_color(), label=f"{study.label.get(model, model)} VQA")
-        ax.set_xlabel("image size (px)")
+        ax.set_xlabel("source image size (px), before the processor")
         ax.set_ylabel("skill")
         ax.set_title(task, fontsize=10)
         ax.legend(fontsize=7)
