@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -176,11 +175,3 @@ def ladder(records, path: Path, *, data_order) -> Path:
 def _wrap(text: str) -> str:
     """A data spec over lines at its natural breaks (`?`, `&`)."""
     return text.replace("?", "\n?").replace("&", "\n&")
-
-
-def group_by(records, key: str) -> dict:
-    """Records grouped by one field (helper for reports)."""
-    out = defaultdict(list)
-    for r in records:
-        out[r[key]].append(r)
-    return dict(out)

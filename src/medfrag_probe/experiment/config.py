@@ -28,8 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from .._yaml import locate, read
 from ..errors import UserError
 
 TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
@@ -100,21 +99,8 @@ def experiments_dir() -> Path:
 
 def load_config(name_or_path: str | Path) -> Config:
     """Load and validate an experiment config by path, or by name under configs/experiments/."""
-    path = Path(name_or_path)
-    if not path.is_file() and not path.suffix:
-        candidate = experiments_dir() / f"{name_or_path}.yaml"
-        if candidate.is_file():
-            path = candidate
-        else:
-            valid = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
-            raise UserError(f"unknown experiment {str(name_or_path)!r}; valid: {', '.join(valid)}, or a path to a "
-                            "YAML file")
-    if not path.is_file():
-        raise UserError(f"config file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    path = locate(name_or_path, experiments_dir(), what="experiment")
+    raw = read(path, what="experiment")
     return validate(raw, path)
 
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from .._yaml import locate, read
 from ..errors import UserError, bad_choice
 
 TOP_KEYS = {"name", "description", "data", "classes", "positive", "yes_no", "multiple_choice", "open",
@@ -95,18 +94,8 @@ def tasks_dir() -> Path:
 
 def load_task(name_or_path: str) -> Task:
     """Load and validate a task by name (configs/tasks/NAME.yaml) or by path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = tasks_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
-            valid = sorted(p.stem for p in tasks_dir().glob("*.yaml"))
-            raise bad_choice("task", name_or_path, valid + ["PATH.yaml"])
-    if not path.is_file():
-        raise UserError(f"task file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"task file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    path = locate(name_or_path, tasks_dir(), what="task")
+    raw = read(path, what="task")
     return _validate(raw, path)
 
 
