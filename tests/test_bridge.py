@@ -216,3 +216,24 @@ def test_end_to_end_tiny_vlm_extract_probe_vqa_bridge(tmp_path):
         assert len(list(csv.DictReader(fh))) == 48
     for name in ("stage_curves", "probe_vs_vqa", "ladder"):
         assert (tmp_path / "bridge" / "figures" / f"{name}.png").stat().st_size > 5000
+
+
+def test_models_sharing_a_tower_keep_their_own_probe_results(tmp_path):
+    """A base model and its LM-only fine-tune have the same tower + projector fingerprint; each VQA run is joined to
+    the probes of its own model spec, not to both."""
+    source = open_source("synth:brain-mri?n=160&seed=6")
+    rng = np.random.default_rng(6)
+    for model, separation in (("base", 6.0), ("tuned", 0.0)):
+        write_cache(tmp_path / f"{model}.h5", source, {"vision.block.01": embeddings(source, separation, rng)},
+                    model=model)
+        with h5py.File(tmp_path / f"{model}.h5", "a") as fh:
+            fh.attrs["model_fingerprint"] = "shared"
+        probe([tmp_path / f"{model}.h5"], probes=("linear",), out=tmp_path / "probes" / model, replicates=100,
+              controls=False, figures=False)
+        write_answers(tmp_path / f"{model}.csv", source, correct=0.25, rng=rng)
+        import_answers(tmp_path / f"{model}.csv", source, TASK, out=tmp_path / "vqa" / model, model=model)
+        summary = tmp_path / "vqa" / model / "summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "model_fingerprint": "shared"}))
+    records = {r["model"]: r for r in bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / "b",
+                                             replicates=100, figures=False)}
+    assert records["base"]["probe_skill"] > 0.9 and records["tuned"]["probe_skill"] < 0.3

@@ -191,7 +191,9 @@ def _resolve_predictions(path: str, folder: Path) -> Path:
 
 
 def match_results(results: list[dict], run: dict, *, probe: str) -> list[dict]:
-    """Probe records of the VQA run's model and data (fingerprints first, else specs)."""
+    """Probe records of the VQA run's data (fingerprint, else spec) and model: the same model spec when any result
+    has it, else the same tower + projector fingerprint (a checkpoint read from another path). Two models that share
+    tower and projector (a base and its LM-only fine-tune) keep their own results."""
     s = run["summary"]
 
     def same(rec, key, fallback):
@@ -199,8 +201,12 @@ def match_results(results: list[dict], run: dict, *, probe: str) -> list[dict]:
             return rec[key] == s[key]
         return rec.get(fallback) == s.get(fallback)
 
-    return [r for r in results if r["probe"] == probe and same(r, "model_fingerprint", "model")
-            and same(r, "data_fingerprint", "data")]
+    candidates = [r for r in results if r["probe"] == probe and same(r, "data_fingerprint", "data")]
+    by_spec = [r for r in candidates if r.get("model") == s.get("model")]
+    if by_spec:
+        return by_spec
+    fingerprint = s.get("model_fingerprint")
+    return [r for r in candidates if fingerprint and r.get("model_fingerprint") == fingerprint]
 
 
 def read_answers(folder: Path) -> list:
