@@ -1,27 +1,29 @@
-"""medfrag-probe: tell whether a vision-language model fails in what it sees or in what it does with it."""
+"""medfrag-probe: tell whether a vision-language model fails in what it sees or in what it does with it.
+
+Every command is also a library function of the same name::
+
+    from medfrag_probe import extract, probe, vqa, bridge, run, report
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["EmbeddingCache", "UserError", "extract", "load_adapter", "open_source", "__version__"]
+import importlib
+
+__all__ = ["EmbeddingCache", "UserError", "extract", "load_adapter", "open_source", "probe", "vqa", "import_answers",
+           "bridge", "run", "report", "load_config", "__version__"]
+
+# name -> module holding it, imported on first use so that `--help` and `--version` stay fast; `extract`, `vqa` and
+# `bridge` are modules callable as their main function (medfrag_probe/_callable.py)
+_LAZY = {"EmbeddingCache": "cache", "load_adapter": "models.loading", "open_source": "data.sources",
+         "UserError": "errors", "probe": "probes.run", "import_answers": "vqa.importer", "run": "experiment.runner",
+         "report": "experiment.report", "load_config": "experiment.config"}
 
 
 def __getattr__(name: str):
-    # heavy imports (torch, transformers) happen on first use, so `--help` and `--version` stay fast
-    if name == "extract":
-        from .extract import extract
-        return extract
-    if name == "EmbeddingCache":
-        from .cache import EmbeddingCache
-        return EmbeddingCache
-    if name == "load_adapter":
-        from .models.loading import load_adapter
-        return load_adapter
-    if name == "open_source":
-        from .data.sources import open_source
-        return open_source
-    if name == "UserError":
-        from .errors import UserError
-        return UserError
+    if name in ("extract", "vqa", "bridge"):
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'medfrag_probe' has no attribute {name!r}")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from ._callable import make_callable
 from ._log import info, is_quiet
 from .cache import (
     SCHEMA,
@@ -306,3 +307,6 @@ def _embed(adapter, chosen, plan, inputs, store) -> dict[str, np.ndarray]:
                                 "re-run with --store-dtype float32")
             arrays[f"{point.name}/{pooling}"] = value.astype(store)
     return arrays
+
+
+make_callable(__name__)  # `from medfrag_probe import extract; extract(...)` (see medfrag_probe/_callable.py)
