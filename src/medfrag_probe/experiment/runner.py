@@ -84,11 +84,12 @@ def run(config, *, out: str | Path | None = None) -> dict:
     units = plan_units(config)
     start = time.perf_counter()
     for unit in units:
-        extract_id = _extract(unit, config, out, stamps, log)
+        stamps_of = {"model": model_stamp(unit.model.spec), "data_fingerprint": data_stamp(unit.data)}
+        extract_id = _extract(unit, config, out, stamps, log, known=stamps_of)
         for seed in config.seeds:
             _probe(unit, config, out, stamps, log, seed=seed, upstream=extract_id)
         _curves(unit, config, out, stamps, log, upstream=extract_id)
-        _vqa(unit, config, out, stamps, log)
+        _vqa(unit, config, out, stamps, log, known=stamps_of)
     for seed in config.seeds:
         _bridge(units, config, out, stamps, log, seed=seed)
     model_work = sum(1 for entry in log if entry["status"] == "ran" and entry["stage"] in MODEL_STAGES)
@@ -161,11 +162,11 @@ def _probes(config: Config) -> list[str]:
     return config.probes
 
 
-def _extract(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list) -> dict:
+def _extract(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, known: dict) -> dict:
     from ..extract import extract
 
-    identity = {"model": model_stamp(unit.model.spec), "dtype": unit.model.dtype, "data": unit.data,
-                "data_fingerprint": data_stamp(unit.data), "points": config.points, "poolings": _poolings(config),
+    identity = {"model": known["model"], "dtype": unit.model.dtype, "data": unit.data,
+                "data_fingerprint": known["data_fingerprint"], "points": config.points, "poolings": _poolings(config),
                 "extract": config.extract, "version": __version__}
     name = f"extract__{unit.key}"
     if stamps.fresh(name, identity):
@@ -235,7 +236,7 @@ def generates(spec: str) -> bool:
     return bool(getattr(ARCHITECTURES[architecture_of(resolve_spec(spec))], "can_generate", False))
 
 
-def _vqa(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list) -> None:
+def _vqa(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, known: dict) -> None:
     from ..vqa import vqa
     from ..vqa.tasks import load_task
 
@@ -243,8 +244,8 @@ def _vqa(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list) -> N
         return
     task = load_task(unit.task.task)
     options = {"conditions": ["image", "no-image"], "describe_with": "vlm", **config.vqa}
-    identity = {"model": model_stamp(unit.model.spec), "dtype": unit.model.dtype, "data": unit.data,
-                "data_fingerprint": data_stamp(unit.data), "task": config.digest(task.__dict__),
+    identity = {"model": known["model"], "dtype": unit.model.dtype, "data": unit.data,
+                "data_fingerprint": known["data_fingerprint"], "task": config.digest(task.__dict__),
                 "vqa": options, "seed": config.seeds[0], "version": __version__}
     name = f"vqa__{unit.key}"
     if stamps.fresh(name, identity):

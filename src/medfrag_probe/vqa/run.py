@@ -228,7 +228,9 @@ def plan_items(prompts: list[Prompt], rows: np.ndarray, conditions: list[str]) -
 
 def _identity(adapter, source, task, prompts, rows, **settings) -> dict:
     prompt_text = json.dumps([[p.id, p.kind, p.render()] for p in prompts])
-    return {"model": adapter.spec, "model_fingerprint": adapter.fingerprints().get("model", ""),
+    prints = adapter.fingerprints()  # hashes every tower and projector weight: once per run
+    return {"model": adapter.spec, "model_fingerprint": prints.get("model", ""),
+            "vision_fingerprint": prints.get("vision", ""),
             "data": source.spec, "data_fingerprint": source.fingerprint(), "task": task.name,
             "prompts_fingerprint": hashlib.sha256(prompt_text.encode()).hexdigest()[:16],
             "rows_fingerprint": hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16],
@@ -266,7 +268,7 @@ def _restore_parts(out: Path, parts: Path, rows: dict[str, int]) -> None:
     for line in answers.read_text().splitlines() if answers.is_file() else []:
         rec = json.loads(line)
         sample = -1 if rec["condition"] in SHARED else rows[rec["sample_id"]]
-        restored[f"{rec['condition']}|{rec['prompt_id']}|{sample}"] = rec["response"]
+        restored[item_key(rec["condition"], rec["prompt_id"], sample)] = rec["response"]
     _atomic(parts / "restored.jsonl", "".join(json.dumps({"key": k, "response": v}) + "\n"
                                              for k, v in restored.items()))
 
@@ -278,7 +280,12 @@ def _atomic(path: Path, text: str) -> None:
 
 
 def _key(item: _Item) -> str:
-    return f"{item.condition}|{item.prompt.id}|{item.sample}"
+    return item_key(item.condition, item.prompt.id, item.sample)
+
+
+def item_key(condition: str, prompt_id: str, sample: int) -> str:
+    """The parts files' key of one generation (`sample` is -1 under shared conditions)."""
+    return f"{condition}|{prompt_id}|{sample}"
 
 
 def _read_parts(parts: Path) -> dict[str, str]:
@@ -404,17 +411,14 @@ def implied_class(task: Task, prompt: Prompt, parsed: Parsed) -> str | None:
 def _score(task, source, class_map, prompts, rows, swaps, conditions, responses) -> list[VQARecord]:
     """One record per sample x prompt x condition, shared-condition answers scored against every sample."""
     records = []
-    for condition in conditions:
-        for prompt in prompts:
-            if prompt.kind == "describe" and condition != "image":
+    for item in plan_items(prompts, rows, conditions):
+        response = responses.get(_key(item))
+        if response is None:  # not generated, or its image could not be read
+            continue
+        for row in (rows if item.sample < 0 else [item.sample]):
+            if item.condition == "swap" and int(row) not in swaps:
                 continue
-            for row in rows:
-                key = f"{condition}|{prompt.id}|{-1 if condition in SHARED else int(row)}"
-                if responses.get(key) is None:  # not generated, or its image could not be read
-                    continue
-                if condition == "swap" and int(row) not in swaps:
-                    continue
-                records.append(_record(task, source, class_map, prompt, condition, int(row), responses[key], swaps))
+            records.append(_record(task, source, class_map, item.prompt, item.condition, int(row), response, swaps))
     return records
 
 
@@ -444,7 +448,7 @@ def _finish(records, *, out, parts, task, source, adapter, identity, seconds, de
     summary = summarise(records, task)
     summary.update(model=adapter.spec, data=source.spec, task=task.name, classes=list(task.classes),
                    model_fingerprint=identity["model_fingerprint"], data_fingerprint=identity["data_fingerprint"],
-                   vision_fingerprint=adapter.fingerprints().get("vision", ""), reads_point=adapter.reads_point or "",
+                   vision_fingerprint=identity["vision_fingerprint"], reads_point=adapter.reads_point or "",
                    seconds=round(seconds, 2), identity=identity, **extra)
     if describe_with and any(r.kind == "describe" for r in records):
         from .describe import classify_descriptions
