@@ -94,7 +94,9 @@ def test_an_oracle_scores_perfectly_and_is_ideal(brain, tmp_path):
     assert image["accuracy"] == 1.0 and image["answered_accuracy"] == 1.0
     assert summary["classification"]["skill"] == 1.0
     assert summary["paraphrase"]["flip_rate"] == 0.0 and summary["paraphrase"]["negation_flip_rate"] == 0.0
-    assert summary["quadrants"]["Ideal"] == 1.0
+    # it never answers without an image; the swap shows its reliance wherever the swapped image changes the answer
+    quadrants = summary["quadrants"]
+    assert quadrants["Ideal"] > 0.3 and quadrants["Ideal"] + quadrants["Abstains-blind"] == 1.0
     assert summary["swap"]["sensitivity"] == 1.0 and summary["swap"]["follows"] == 1.0
     assert summary["conditions"]["no-image"]["hedge_rate"] == 1.0  # "I cannot tell" is a hedge, never correct
     assert summary["conditions"]["no-image"]["accuracy"] == 0.0
@@ -125,8 +127,10 @@ def test_coin_flipping_yes_no_gives_the_expected_flip_rate(tmp_path):
     source, task = open_source("synth:brain-mri?n=120"), load_task("synth-brain-mri")
     summary = vqa(_Oracle(source, task, "coin"), source, task, prompts="paraphrase", out=tmp_path,
                   describe_with=None)
-    # three plain paraphrases answered at random agree with probability 2 * (1/2)^3 = 1/4
-    assert summary["paraphrase"]["flip_rate"] == pytest.approx(0.75, abs=0.1)
+    # a pair of random answers differs with probability 1/2; three agree with probability 2 * (1/2)^3 = 1/4
+    assert summary["paraphrase"]["paraphrase_flip_rate"] == pytest.approx(0.5, abs=0.08)
+    assert summary["paraphrase"]["paraphrase_set_inconsistency"] == pytest.approx(0.75, abs=0.1)
+    assert summary["paraphrase"]["negation_flip_rate"] == pytest.approx(0.5, abs=0.1)
     accuracy = summary["conditions"]["image"]
     assert accuracy["accuracy"] == pytest.approx(0.5, abs=3 * accuracy["accuracy_se"] + 0.02)
     assert accuracy["accuracy_se"] > 0

@@ -11,8 +11,9 @@ projector fingerprint, else the model spec) and data (fingerprint, else spec), s
 Skills are chance-normalised balanced accuracies, `(bacc - 1/K) / (1 - 1/K)`, so a probe and a VQA answer are on one
 scale: 0 is chance, 1 perfect. The VQA class of a sample is the majority of the classes its answers name under the
 image condition; a sample with no answer is credited at chance (1/K) in the skill, so a model that never answers has
-skill 0 and only confidently wrong answers go below it. The per-sample table and McNemar's test count an unanswered
-sample as a VQA error.
+skill 0 and only confidently wrong answers go below it; a sample whose answers could not be read (unparsed) is
+credited 0, and `answered_rate`, `abstained_rate` and `unparsed_rate` are reported. The per-sample table and
+McNemar's test count a sample right only when it names the right class (`vqa.measures` states the one rule).
 
 Probe points, both reported:
 - `reads`: the vision point the language model reads (from the cache), mean pooling where present;
@@ -48,7 +49,7 @@ from ..errors import UserError
 from ..probes.compare import read_predictions
 from ..probes.metrics import bootstrap_weights, interval
 from ..probes.run import point_order
-from ..vqa.measures import sample_classes
+from ..vqa.measures import ABSTAINED, UNPARSED, sample_votes
 
 VERDICTS = ("vision-limited", "reasoning-limited", "both", "sound")
 REPLICATES = 1000
@@ -84,6 +85,9 @@ class BridgeRecord:
     best_points: dict
     description_skill: float | None
     description_point: str
+    answered_rate: float | None = None
+    abstained_rate: float | None = None
+    unparsed_rate: float | None = None
     stages: list = field(default_factory=list)
     rule: dict = field(default_factory=dict)
     model_fingerprint: str = ""
@@ -220,7 +224,7 @@ def read_answers(folder: Path) -> list:
 def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tuple[BridgeRecord, dict]:
     summary = run["summary"]
     answers = [r for r in read_answers(run["dir"]) if r.condition == "image"]
-    vqa_class = sample_classes(answers)
+    vqa_class = sample_votes(answers, len(summary.get("classes") or {r.label for r in answers}))
     rename = summary.get("class_map", {})
     reads_point = summary.get("reads_point") or matched[0].get("reads_point", "")
     reads = _reads_result(matched, reads_point)
@@ -247,6 +251,8 @@ def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tup
         vqa_skill_ci=scores["vqa_ci"], gap=scores["gap"], gap_ci=scores["gap_ci"],
         vision_deficit=1 - scores["probe"], reasoning_deficit=scores["gap"], verdict=verdict, mcnemar_p=p_value,
         recoverable_errors=table["probe_right_vqa_wrong"], n=len(join.ids), table=table, reads_point=reads_point,
+        answered_rate=float(np.mean(join.vqa_pred >= 0)), abstained_rate=float(np.mean(join.vqa_pred == -1)),
+        unparsed_rate=float(np.mean(join.vqa_pred == -2)),
         reads_skill=reads_scores["probe"] if reads_scores else None,
         reads_skill_ci=reads_scores["probe_ci"] if reads_scores else None,
         reads_gap=reads_scores["gap"] if reads_scores else None,
@@ -327,10 +333,11 @@ def _join(pred: dict, vqa_class: dict, rename: dict, *, replicates: int) -> _Joi
         raise UserError("the probe predictions and the VQA answers share no sample id; were they made on the same "
                         "data?")
     ids = pred["ids"][keep]
-    unknown = {c for c in vqa_class.values() if c is not None and c not in index}
+    unknown = {c for c in vqa_class.values() if c not in (ABSTAINED, UNPARSED) and c not in index}
     if unknown:
         raise UserError(f"VQA classes {sorted(unknown)} are not among the probe's classes {classes}")
-    vqa_pred = np.array([index.get(vqa_class[i], -1) if vqa_class[i] is not None else -1 for i in ids])
+    missing = {ABSTAINED: -1, UNPARSED: -2}
+    vqa_pred = np.array([missing[vqa_class[i]] if vqa_class[i] in missing else index[vqa_class[i]] for i in ids])
     groups = pred["groups"][keep]
     return _Joined(ids=ids, groups=groups, labels=pred["labels"][keep], classes=classes,
                    probe_pred=pred["proba"][keep].argmax(1), vqa_pred=vqa_pred,
@@ -367,8 +374,8 @@ def _paired(join: _Joined) -> dict:
 
 
 def _vqa_credit(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """1 right, 0 wrong, 1/K unanswered (see `vqa.measures.credit`)."""
-    return np.where(pred < 0, 1.0 / n_classes, (pred == labels).astype(float))
+    """1 right, 0 wrong, 1/K abstained (-1), 0 unparsed (-2): the rule of `vqa.measures.credit`."""
+    return np.where(pred == -1, 1.0 / n_classes, (pred == labels).astype(float))
 
 
 def mcnemar(join: _Joined) -> tuple[dict, float]:
@@ -459,7 +466,7 @@ def _write_samples(join: _Joined, path: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["sample_id", "group", "label", "probe_pred", "vqa_pred", "probe_correct", "vqa_correct"])
         for i in range(len(join.ids)):
-            vqa = names[join.vqa_pred[i]] if join.vqa_pred[i] >= 0 else ""
+            vqa = names[join.vqa_pred[i]] if join.vqa_pred[i] >= 0 else {-1: ABSTAINED, -2: UNPARSED}[join.vqa_pred[i]]
             writer.writerow([join.ids[i], join.groups[i], names[join.labels[i]], names[join.probe_pred[i]], vqa,
                              int(join.probe_pred[i] == join.labels[i]), int(join.vqa_pred[i] == join.labels[i])])
     os.replace(tmp, path)

@@ -247,15 +247,17 @@ def _robustness(doc: _Doc, study: _Study) -> None:
             q = s.get("quadrants", {})
             rows.append([study.task_label.get(data, data), study.label.get(model, model), image["accuracy"],
                          image["answered_accuracy"], image["refusal_rate"], (s["spread"].get("all") or {}).get("std"),
-                         (s["spread"].get("all") or {}).get("range"), s["paraphrase"]["flip_rate"],
+                         (s["spread"].get("all") or {}).get("range"),
+                         s["paraphrase"].get("paraphrase_flip_rate", s["paraphrase"].get("flip_rate")),
                          s["paraphrase"]["negation_flip_rate"], s["text_only"].get("agreement"),
                          s["swap"].get("sensitivity"), q.get("Ideal"), q.get("Fragile"), q.get("Dangerous"),
-                         q.get("Worst")])
+                         q.get("Worst"), q.get("Abstains-blind")])
     doc.table(["task", "model", "accuracy", "answered acc.", "refusals", "prompt std", "prompt range", "flip rate",
-               "negation flips", "text-only agree", "swap sens.", "Ideal", "Fragile", "Dangerous", "Worst"], rows,
+               "negation flips", "text-only agree", "swap sens.", "Ideal", "Fragile", "Dangerous", "Worst",
+               "abstains blind"], rows,
               left=2)
     doc.text("Accuracy over all items (unanswered count wrong) and over answered items; spread of accuracy across "
-             "prompts; paraphrase flip rate (negations apart); agreement of answers with and without the image; "
+             "prompts; paraphrase flip rate over pairs of wordings (PSF-Med; negations apart); agreement of answers with and without the image; "
              "share of answers that change when the image is swapped for one of another class; quadrants of samples "
              "by consistency x image reliance. Definitions: medfrag_probe/vqa/measures.py.")
 

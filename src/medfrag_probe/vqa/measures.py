@@ -1,23 +1,38 @@
 """Robustness measures over scored VQA records (`summarise`), each defined in one place.
 
 Items are (sample, prompt) pairs with an expected answer (descriptions are not items). Standard errors are clustered
-by image: items of one sample are not independent, so `se = sqrt(G/(G-1) * sum_g r_g^2) / n` with `r_g` the summed
-residuals of sample g; `*_ci` is the normal interval `value +- 1.96 se`, clipped to [0, 1].
+by **patient** (the record's `group`; a sample without one is its own patient): items of one patient are not
+independent, so `se = sqrt(G/(G-1) * sum_g r_g^2) / n` with `r_g` the summed residuals of patient g; `*_ci` is the
+normal interval `value +- 1.96 se`, clipped to [0, 1].
 
-- accuracy: correct / all items (refusals, hedges and unknowns count as wrong); answered_accuracy: over answered items.
+- accuracy: correct / all items (refusals, hedges and unparsed responses count as wrong); answered_accuracy: over
+  answered items; refusal_rate, hedge_rate and unparsed_rate (responses the parser could not read) apart.
 - spread: standard deviation (ddof=1) and range of per-prompt accuracy under the image condition, overall and per kind.
-- flip_rate: share of (sample, paraphrase group) whose answered plain (non-negated) paraphrases disagree;
-  negation_flip_rate: share of answered negated items whose inverted answer disagrees with the majority plain answer.
+- paraphrase_flip_rate (PSF-Med's definition): over *pairs* of plain (non-negated) paraphrases of one group asked
+  about the same image, both answered yes/no, the share whose answers differ; paraphrase_set_inconsistency: the share
+  of (sample, group) sets whose answered plain paraphrases do not all agree. negation_flip_rate: over pairs of a plain
+  and a negated wording of one group about the same image, both answered, the share where the negated answer, once
+  inverted, differs from the plain one.
 - text_only_agreement: share of items answered with and without the image whose answers are equal.
 - swap_sensitivity: among items whose expected answer differs for the swapped-in image, the share whose answer
   changed; swap_follows: the share answered correctly for the swapped-in image.
 - quadrants (per sample, over the paraphrase items, or the yes/no items when the task has no paraphrases):
-  consistent = every answered item gives the same answer (after undoing negations); image-reliant = at least one
-  answer changes when the image is removed (to another answer, or to none). Ideal = consistent and reliant,
-  Fragile = inconsistent and reliant, Dangerous = consistent but not reliant, Worst = neither.
+  consistent = every answered item gives the same answer (after undoing negations); image reliance is judged on
+  items answered both with and without the image (and under blank, and under swap where the swapped-in image
+  changes the expected answer, when present): reliant = at least one answer changes. Ideal = consistent and reliant, Fragile = inconsistent and reliant, Dangerous = consistent but not
+  reliant, Worst = neither; a sample whose items are all answered with the image but none without it is
+  `Abstains-blind` (it refuses or hedges without the image: it neither relies on the image nor ignores it).
 - classification: each sample's class is the majority of the classes its answers name under the image condition
-  (ties -> the earliest prompt; none -> unanswered). Balanced accuracy counts unanswered samples wrong; skill
-  (chance-normalised) credits them at chance, 1/K, so abstaining scores 0 and only wrong answers go below it.
+  (ties -> the earliest prompt). Only prompts that name a class vote: multiple choice and open questions, and yes/no
+  questions only when the task has exactly two classes (then yes and no each name one class; with more classes a
+  "no" would vote for the lone negative class while a "yes" names none). A sample whose class-naming answers name no
+  class is `abstained` when every one of them is a refusal or hedge, else `unparsed`.
+- One rule for the credit of a sample's class answer, used by `class_scores`, the bridge's skill and its McNemar
+  table: right 1, wrong 0, abstained 1/K (an abstention carries no information, which is what chance carries; a
+  confident wrong answer is worse), unparsed 0 (a response that names no class and does not abstain is not a right
+  answer). McNemar and the per-sample table count a sample right only when it names the right class.
+  `skill = (balanced credit - 1/K) / (1 - 1/K)`; `skill_by_kind` gives the same per prompt kind (yes/no: the
+  balanced accuracy of the yes/no answers against their expected answers, chance 1/2).
 """
 
 from __future__ import annotations
@@ -60,14 +75,21 @@ def item_stats(records) -> dict:
     if not items:
         return {"n_items": 0, "accuracy": None, "answered_accuracy": None, "refusal_rate": None}
     ids = [r.sample_id for r in items]
-    acc = rate([bool(r.correct) for r in items], ids)
+    acc = rate([bool(r.correct) for r in items], [patient(r) for r in items])
     answered = [r for r in items if r.answer_kind == "answer"]
-    ans = rate([bool(r.correct) for r in answered], [r.sample_id for r in answered])
+    ans = rate([bool(r.correct) for r in answered], [patient(r) for r in answered])
     kinds = Counter(r.answer_kind for r in items)
-    return {"n_items": len(items), "n_samples": len(set(ids)), "accuracy": acc["value"], "accuracy_se": acc["se"],
-            "accuracy_ci": acc["ci"], "answered_accuracy": ans["value"], "answered_accuracy_se": ans["se"],
+    return {"n_items": len(items), "n_samples": len(set(ids)), "n_patients": len({patient(r) for r in items}),
+            "accuracy": acc["value"], "accuracy_se": acc["se"], "accuracy_ci": acc["ci"],
+            "answered_accuracy": ans["value"], "answered_accuracy_se": ans["se"],
             "answered_rate": len(answered) / len(items), "refusal_rate": kinds["refusal"] / len(items),
-            "hedge_rate": kinds["hedge"] / len(items), "unknown_rate": kinds["unknown"] / len(items)}
+            "hedge_rate": kinds["hedge"] / len(items), "unparsed_rate": kinds["unknown"] / len(items),
+            "unknown_rate": kinds["unknown"] / len(items)}
+
+
+def patient(record) -> str:
+    """The cluster of a record for standard errors and bootstraps: its patient, else its sample."""
+    return getattr(record, "group", "") or f"sample:{record.sample_id}"
 
 
 def summarise(records, task) -> dict:
@@ -85,7 +107,8 @@ def summarise(records, task) -> dict:
         "text_only": paired_agreement(image, by_condition.get("no-image", [])),
         "blank": paired_agreement(image, by_condition.get("blank", [])),
         "swap": swap_sensitivity(image, by_condition.get("swap", [])),
-        "quadrants": quadrants(image, by_condition.get("no-image", [])),
+        "quadrants": quadrants(image, by_condition.get("no-image", []),
+                               (by_condition.get("blank", []), by_condition.get("swap", []))),
         "classification": classification(image, list(task.classes)),
     }
 
@@ -130,25 +153,32 @@ def spread(records) -> dict:
 
 
 def paraphrase_flips(records) -> dict:
-    """Flip rate of plain paraphrases per (sample, group), and of negated items against the plain majority."""
+    """Paraphrase flip rate over pairs, set inconsistency over groups, and negation flip rate over plain/negated
+    pairs (definitions in the module docstring)."""
     groups = _paraphrase_groups(records)
-    flips, flip_ids, neg, neg_ids = [], [], [], []
+    pairs, pair_ids, sets, set_ids, neg, neg_ids = [], [], [], [], [], []
     for (sample, _group), items in groups.items():
-        plain = [r.parsed for r, negated in items if not negated and r.answer_kind == "answer"]
+        answered = [(r, negated) for r, negated in items if r.answer_kind == "answer" and r.parsed in ("yes", "no")]
+        plain = [r.parsed for r, negated in answered if not negated]
+        negated = [_invert(r.parsed) for r, n in answered if n]
+        who = patient(items[0][0])
+        for i in range(len(plain)):
+            for j in range(i + 1, len(plain)):
+                pairs.append(plain[i] != plain[j])
+                pair_ids.append(who)
         if len(plain) >= 2:
-            flips.append(len(set(plain)) > 1)
-            flip_ids.append(sample)
-        counts = Counter(plain).most_common()
-        if not counts or (len(counts) > 1 and counts[0][1] == counts[1][1]):
-            continue
-        majority = counts[0][0]
-        for r, negated in items:
-            if negated and r.answer_kind == "answer" and r.parsed in ("yes", "no"):
-                neg.append(_invert(r.parsed) != majority)
-                neg_ids.append(sample)
-    f, n = rate(flips, flip_ids), rate(neg, neg_ids)
-    return {"flip_rate": f["value"], "flip_rate_se": f["se"], "n_sets": f["n"], "negation_flip_rate": n["value"],
-            "negation_flip_rate_se": n["se"], "n_negated": n["n"], "n_groups": len({g for _, g in groups})}
+            sets.append(len(set(plain)) > 1)
+            set_ids.append(who)
+        for a in plain:
+            for b in negated:
+                neg.append(a != b)
+                neg_ids.append(who)
+    f, s, n = rate(pairs, pair_ids), rate(sets, set_ids), rate(neg, neg_ids)
+    return {"paraphrase_flip_rate": f["value"], "paraphrase_flip_rate_se": f["se"], "n_pairs": f["n"],
+            "paraphrase_set_inconsistency": s["value"], "paraphrase_set_inconsistency_se": s["se"], "n_sets": s["n"],
+            "flip_rate": f["value"], "flip_rate_se": f["se"],
+            "negation_flip_rate": n["value"], "negation_flip_rate_se": n["se"], "n_negation_pairs": n["n"],
+            "n_groups": len({g for _, g in groups})}
 
 
 def _invert(answer: str) -> str:
@@ -174,7 +204,7 @@ def paired_agreement(image, other) -> dict:
         base = mine.get((r.sample_id, r.prompt_id))
         if base is not None and base.answer_kind == "answer" and r.answer_kind == "answer":
             same.append(base.parsed == r.parsed)
-            ids.append(r.sample_id)
+            ids.append(patient(base))
     agree = rate(same, ids)
     return {"agreement": agree["value"], "agreement_se": agree["se"], "n": agree["n"],
             "accuracy": item_stats(other)["accuracy"]}
@@ -193,23 +223,24 @@ def swap_sensitivity(image, swapped) -> dict:
         if base.answer_kind == "answer" and r.answer_kind == "answer":
             changed.append(base.parsed != r.parsed)
             follows.append(r.parsed == r.swap_expected)
-            ids.append(r.sample_id)
+            ids.append(patient(base))
     c, f = rate(changed, ids), rate(follows, ids)
     return {"sensitivity": c["value"], "sensitivity_se": c["se"], "follows": f["value"], "follows_se": f["se"],
             "n": c["n"]}
 
 
-def quadrants(image, text_only) -> dict:
-    """Ideal / Fragile / Dangerous / Worst shares of samples (consistency x image reliance)."""
+def quadrants(image, text_only, controls=()) -> dict:
+    """Ideal / Fragile / Dangerous / Worst shares of samples (consistency x image reliance on answered pairs), and
+    Abstains-blind (answers with the image, none without it)."""
     if not text_only:
         return {"note": "needs the no-image condition", "n": 0}
     paraphrased = any(r.paraphrase for r in image)
     items = {r.prompt_id for r in image if (r.paraphrase if paraphrased else r.kind == "yes_no")}
-    blind = {(r.sample_id, r.prompt_id): r for r in text_only}
+    others = [{(r.sample_id, r.prompt_id): r for r in rs} for rs in (text_only, *controls) if rs]
     per_sample = defaultdict(list)
     for r in image:
         if r.prompt_id in items:
-            per_sample[r.sample_id].append((r, blind.get((r.sample_id, r.prompt_id))))
+            per_sample[r.sample_id].append((r, [o.get((r.sample_id, r.prompt_id)) for o in others]))
     names = {(True, True): "Ideal", (False, True): "Fragile", (True, False): "Dangerous", (False, False): "Worst"}
     counts, correct = Counter(), defaultdict(list)
     for pairs in per_sample.values():
@@ -217,48 +248,68 @@ def quadrants(image, text_only) -> dict:
                  if r.answer_kind == "answer" and r.parsed in ("yes", "no")]
         if len(plain) < 2:
             continue
-        # an answer that becomes a refusal or no answer without the image also changed: the image mattered
-        reliant = any(b is not None and r.answer_kind == "answer" and r.parsed != b.parsed for r, b in pairs)
-        name = names[(len(set(plain)) == 1, reliant)]
+        compared = [(r, o) for r, alts in pairs for o in alts
+                    if o is not None and r.answer_kind == "answer" and o.answer_kind == "answer"
+                    and (o.condition != "swap" or o.swap_expected != o.expected)]
+        if not compared:
+            name = "Abstains-blind"
+        else:
+            name = names[(len(set(plain)) == 1, any(r.parsed != o.parsed for r, o in compared))]
         counts[name] += 1
         correct[name] += [bool(r.correct) for r, _ in pairs]
     total = sum(counts.values())
-    return {"n": total, **{name: counts[name] / total if total else None for name in names.values()},
-            "accuracy": {name: float(np.mean(correct[name])) if correct[name] else None for name in names.values()}}
+    labels = [*names.values(), "Abstains-blind"]
+    return {"n": total, **{name: counts[name] / total if total else None for name in labels},
+            "accuracy": {name: float(np.mean(correct[name])) if correct[name] else None for name in labels}}
 
 
-def sample_classes(image) -> dict[str, str | None]:
-    """Each sample's voted class under the image condition (None when no answer names a class)."""
+ABSTAINED, UNPARSED = "<abstained>", "<unparsed>"
+VOTING = ("multiple_choice", "open")
+
+
+def votes_from(record, n_classes: int) -> bool:
+    """Whether a record's answer names a class (module docstring: yes/no only with two classes)."""
+    return record.kind in VOTING or (record.kind == "yes_no" and n_classes == 2)
+
+
+def sample_votes(image, n_classes: int, kinds=None) -> dict[str, str]:
+    """Each sample's voted class under the image condition, or ABSTAINED / UNPARSED (module docstring)."""
     votes: dict[str, list[str]] = defaultdict(list)
-    seen = set()
+    answers: dict[str, list[str]] = defaultdict(list)
     for r in image:
-        if r.expected is None:
+        if r.expected is None or not votes_from(r, n_classes) or (kinds and r.kind not in kinds):
             continue
-        seen.add(r.sample_id)
+        answers[r.sample_id].append(r.answer_kind)
         if r.class_pred is not None:
             votes[r.sample_id].append(r.class_pred)
     out = {}
-    for sample in seen:
+    for sample, kinds_seen in answers.items():
         counts = Counter(votes.get(sample, []))
-        if not counts:
-            out[sample] = None
-            continue
-        top = max(counts.values())
-        out[sample] = next(c for c in votes[sample] if counts[c] == top)  # ties: the earliest prompt's class
+        if counts:
+            top = max(counts.values())
+            out[sample] = next(c for c in votes[sample] if counts[c] == top)  # ties: the earliest prompt's class
+        else:
+            out[sample] = ABSTAINED if all(k in ("refusal", "hedge") for k in kinds_seen) else UNPARSED
     return out
 
 
+def sample_classes(image, n_classes: int | None = None) -> dict[str, str | None]:
+    """Each sample's voted class, None where it names none (see `sample_votes`)."""
+    n = n_classes if n_classes is not None else len({r.label for r in image}) or 2
+    return {k: (None if v in (ABSTAINED, UNPARSED) else v) for k, v in sample_votes(image, n).items()}
+
+
 def credit(labels, preds, n_classes: int) -> np.ndarray:
-    """Per-sample credit of class answers: 1 right, 0 wrong, 1/K unanswered (an abstention carries no information,
-    which is what chance carries; a confident wrong answer is worse)."""
+    """Per-sample credit of class answers: 1 right, 0 wrong, 1/K abstained, 0 unparsed (module docstring). None
+    in `preds` means abstained."""
     labels, preds = np.asarray(labels, dtype=object), np.asarray(preds, dtype=object)
-    answered = np.array([p is not None for p in preds], dtype=bool)
-    return np.where(answered, (preds == labels).astype(float), 1.0 / n_classes)
+    abstained = np.array([p is None or p == ABSTAINED for p in preds], dtype=bool)
+    return np.where(abstained, 1.0 / n_classes, (preds == labels).astype(float))
 
 
 def class_scores(labels: list[str], preds: list[str | None], classes: list[str]) -> dict:
-    """Accuracy and balanced accuracy (unanswered = wrong), and skill: chance-normalised balanced accuracy with an
-    unanswered sample credited at chance (`credit`), so a model that never answers has skill 0, not below it."""
+    """Accuracy and balanced accuracy (a sample counts right only when it names its class), and skill:
+    chance-normalised balanced credit (`credit`), so a model that always abstains has skill 0, not below it."""
     labels, preds = np.array(labels, dtype=object), np.array(preds, dtype=object)
     chance = 1 / len(classes)
     present = [c for c in classes if (labels == c).any()]
@@ -266,21 +317,48 @@ def class_scores(labels: list[str], preds: list[str | None], classes: list[str])
     gained = credit(labels, preds, len(classes))
     credited = [float(np.mean(gained[labels == c])) for c in present]
     balanced = float(np.mean(recalls)) if recalls else None
+    named = np.array([p is not None and p not in (ABSTAINED, UNPARSED) for p in preds], dtype=bool)
     return {"accuracy": float(np.mean(preds == labels)) if len(labels) else None, "balanced_accuracy": balanced,
             "skill": float(skill(np.mean(credited), chance)) if credited else None, "chance": chance,
-            "answered_rate": float(np.mean([p is not None for p in preds])) if len(preds) else None,
+            "answered_rate": float(np.mean(named)) if len(preds) else None,
+            "abstained_rate": float(np.mean([p is None or p == ABSTAINED for p in preds])) if len(preds) else None,
+            "unparsed_rate": float(np.mean([p == UNPARSED for p in preds])) if len(preds) else None,
             "n": int(len(labels))}
 
 
 def classification(image, classes: list[str]) -> dict:
-    """Class-level VQA scores: the per-sample vote, and each class-naming prompt on its own."""
-    voted = sample_classes(image)
+    """Class-level VQA scores: the per-sample vote, each class-naming prompt on its own, and skill per kind."""
+    voted = sample_votes(image, len(classes))
     label_of = {r.sample_id: r.label for r in image}
     ids = sorted(voted)
     out = class_scores([label_of[i] for i in ids], [voted[i] for i in ids], classes)
     per_prompt = {}
-    for prompt_id in sorted({r.prompt_id for r in image if r.kind in ("multiple_choice", "open")}):
-        rs = [r for r in image if r.prompt_id == prompt_id]
-        per_prompt[prompt_id] = class_scores([r.label for r in rs], [r.class_pred for r in rs], classes)["skill"]
+    for prompt_id in sorted({r.prompt_id for r in image if votes_from(r, len(classes))}):
+        rs = [r for r in image if r.prompt_id == prompt_id and r.expected is not None]
+        per_prompt[prompt_id] = class_scores([r.label for r in rs], [_record_vote(r) for r in rs], classes)["skill"]
     out["skill_by_prompt"] = per_prompt
+    out["skill_by_kind"] = skill_by_kind(image, classes)
+    return out
+
+
+def _record_vote(record) -> str:
+    if record.class_pred is not None:
+        return record.class_pred
+    return ABSTAINED if record.answer_kind in ("refusal", "hedge") else UNPARSED
+
+
+def skill_by_kind(image, classes: list[str]) -> dict:
+    """Skill per prompt kind: class votes of multiple-choice and of open prompts; yes/no answers against their
+    expected answers (balanced over expected yes and no, chance 1/2, abstentions credited at 1/2)."""
+    out = {}
+    for kind in VOTING:
+        voted = sample_votes([r for r in image if r.kind == kind], len(classes))
+        if voted:
+            label_of = {r.sample_id: r.label for r in image}
+            out[kind] = class_scores([label_of[i] for i in voted], list(voted.values()), classes)["skill"]
+    yes_no = [r for r in image if r.kind == "yes_no" and r.expected in ("yes", "no")]
+    if yes_no:
+        preds = [r.parsed if r.answer_kind == "answer" else (ABSTAINED if r.answer_kind in ("refusal", "hedge")
+                                                             else UNPARSED) for r in yes_no]
+        out["yes_no"] = class_scores([r.expected for r in yes_no], preds, ["yes", "no"])["skill"]
     return out

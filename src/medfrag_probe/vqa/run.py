@@ -384,7 +384,7 @@ def _first_size(images: _ImageCache) -> tuple[int, int]:
 def parse_answer(task: Task, prompt: Prompt, response: str) -> Parsed:
     """Parse a response by the prompt's kind (descriptions are not parsed)."""
     if prompt.kind == "yes_no":
-        return parse_yes_no(response)
+        return parse_yes_no(response, prompt.text)
     if prompt.kind == "multiple_choice":
         return parse_option(response, prompt.options)
     if prompt.kind == "open":
@@ -400,7 +400,7 @@ def implied_class(task: Task, prompt: Prompt, parsed: Parsed) -> str | None:
         return prompt.options.get(parsed.answer)
     if prompt.kind == "open":
         return parsed.answer
-    if prompt.kind == "yes_no":
+    if prompt.kind == "yes_no" and len(task.classes) == 2:  # with more classes a yes/no names no single class
         negative = [c for c in task.classes if c not in task.positive]
         said_yes = (parsed.answer == "yes") != prompt.negated
         chosen = task.positive if said_yes else negative
