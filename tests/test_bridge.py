@@ -193,7 +193,7 @@ def test_end_to_end_tiny_vlm_extract_probe_vqa_bridge(tmp_path):
               "--out", str(tmp_path / "probes")],
              ["vqa", "--model", "tiny:llava", "--data", data, "--task", TASK, "--conditions", "image,no-image",
               "--prompts", "mc-diagnosis,open-diagnosis,desc-detail", "--describe-tokens", "16",
-              "--out", str(tmp_path / "vqa")],
+              "--answer-mode", "score", "--out", str(tmp_path / "vqa")],
              ["bridge", "--probes", str(tmp_path / "probes"), "--vqa", str(tmp_path / "vqa"), "--out",
               str(tmp_path / "bridge"), "--replicates", "300"]]
     for argv in steps:
@@ -203,13 +203,15 @@ def test_end_to_end_tiny_vlm_extract_probe_vqa_bridge(tmp_path):
     (record,) = [json.loads(line) for line in (tmp_path / "bridge" / "bridge.jsonl").read_text().splitlines()]
     assert BRIDGE_KEYS <= set(record) and record["n"] == 48
     assert record["model"] == "tiny:llava" and record["reads_point"] == "vision.block.02"
+    # scored multiple choice: the answers get an AUROC on the probe's scale, and the bridge reports both
+    assert 0 <= record["vqa_auroc"] <= 1 and 0 <= record["probe_auroc"] <= 1
+    assert record["answered_rate"] + record["abstained_rate"] + record["unparsed_rate"] == pytest.approx(1.0)
     # the verdict follows the documented rule from the record's own intervals
     seen = max(record["probe_skill_ci"][0], record["vqa_skill_ci"][0]) >= record["rule"]["seen_skill"]
     lost = record["gap_ci"][0] > record["rule"]["min_gap"]
     assert record["verdict"] == {(True, False): "sound", (True, True): "reasoning-limited",
                                  (False, False): "vision-limited", (False, True): "both"}[(seen, lost)]
-    # a random language model does not read out what a probe finds in its random tower
-    assert record["vqa_skill"] < record["probe_skill"]
+    assert record["answered_rate"] == 1.0  # a scored choice always names a class
     stages = [s["stage"] for s in record["stages"]]
     assert stages[0] == "vision" and stages[-2:] == ["description", "answer"] and "projector" in stages
     with open(record["samples"]) as fh:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from medfrag_probe.vqa.parse import parse_class, parse_option, parse_yes_no
@@ -91,5 +94,60 @@ def test_classes(response, answer, kind):
     assert (parsed.answer, parsed.kind) == (answer, kind)
 
 
-def test_at_least_forty_shapes():
-    assert len(YES_NO) + len(OPTION_CASES) + len(CLASS_CASES) >= 40
+CORPUS = Path(__file__).parent / "data" / "yes_no_answers.jsonl"
+
+
+def _corpus() -> list[dict]:
+    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+
+
+def test_corpus_readings_agree_with_a_careful_reader():
+    rows = _corpus()
+    assert len(rows) >= 400 and {r["answer"] for r in rows} == {"yes", "no", "none"}
+    got = [parse_yes_no(r["response"], r["question"]).answer or "none" for r in rows]
+    read = [(g, r["answer"]) for g, r in zip(got, rows) if r["answer"] != "none"]
+    agreement = sum(g == a for g, a in read) / len(read)
+    confident_wrong = sum(g != "none" and g != r["answer"] for g, r in zip(got, rows)) / len(rows)
+    assert agreement >= 0.98, agreement
+    assert confident_wrong <= 0.005, confident_wrong
+
+
+@pytest.mark.parametrize("response, answer", [
+    ("I have no idea", None), ("There is no way to tell", None), ("No doubt, this is pneumonia", "yes"),
+    ("As an AI, I cannot provide a diagnosis. No definitive conclusion can be drawn.", None),
+    ("Yes, there is pneumonia. No pleural effusion.", "yes"), ("The answer is yes. No other abnormalities", "yes"),
+    ("Pneumonia is present", "yes"), ("Negative for pneumonia", "no"), ("The film does not show pneumonia", "no"),
+    ("Not that I can see", "no"), ("No pleural effusion, but there is a right lower lobe pneumonia.", "yes"),
+])
+def test_the_reported_misreadings_now_read_right(response, answer):
+    assert parse_yes_no(response, "Is there pneumonia in this chest X-ray?").answer == answer
+
+
+@pytest.mark.parametrize("question, response, answer", [
+    ("Is the liver normal?", "The liver appears normal.", "yes"),
+    ("Is the liver normal?", "The liver is abnormal with several lesions.", "no"),
+    ("Is there a hypodensity in the liver?", "There is no hypodensity in the liver.", "no"),
+    ("Is there a hypodensity in the liver?", "The liver is normal in size; a hypodensity is seen in segment 7.", "yes"),
+    ("Are the lungs clear of pneumonia?", "There is no pneumonia.", "yes"),  # a negated question inverts statements
+    ("Is this a malignant tumor?", "It is a benign tumor.", "no"),  # an antonym of the asked finding
+])
+def test_statements_answer_the_question_they_speak_about(question, response, answer):
+    assert parse_yes_no(response, question).answer == answer
+
+
+def test_without_the_question_a_bare_finding_statement_is_not_guessed():
+    assert parse_yes_no("The liver appears normal.").answer is None
+    assert parse_yes_no("There is no hypodensity in the liver.").answer == "no"  # an explicit absence
+
+
+@pytest.mark.parametrize("response, answer", [
+    ("Glioma is unlikely; this is a meningioma.", "meningioma"),
+    ("Meningioma. USER: and the other image? ASSISTANT: glioma", "meningioma"),
+    ("Pituitary adenoma is ruled out; the mass is a glioblastoma.", "glioma"),
+])
+def test_classes_declared_unlikely_or_spoken_by_the_user_do_not_count(response, answer):
+    assert parse_class(response, CLASSES).answer == answer
+
+
+def test_an_option_declared_unlikely_is_not_chosen():
+    assert parse_option("Glioma is unlikely; this is a meningioma", OPTIONS).answer == "B"

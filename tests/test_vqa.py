@@ -271,3 +271,163 @@ def test_every_tiny_vlm_projects_the_image_into_its_language_model(arch, tmp_pat
                      out=tmp_path / "c.h5")
     features = EmbeddingCache(result.path).load("projector", "mean")
     assert np.isfinite(features).all() and features.std(0).mean() > 1e-3
+
+
+# ---- scored closed questions -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", TINY_VLMS)
+def test_scored_choice_equals_constrained_greedy_generation(arch):
+    """HF's own generate, restricted to the options' first tokens, picks the option the scored mode ranks first."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from medfrag_probe.models.loading import load_adapter
+
+    class Only(LogitsProcessor):
+        def __init__(self, allowed):
+            self.allowed = allowed
+
+        def __call__(self, ids, scores):
+            mask = torch.full_like(scores, float("-inf"))
+            mask[:, self.allowed] = 0
+            return scores + mask
+
+    adapter = load_adapter(f"tiny:{arch}", lm=True, device="cpu")
+    source = open_source("synth:brain-mri?n=6")
+    images = [source.image(i) for i in range(6)]
+    tokenizer = adapter.processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for prompt, options in (("Is there a tumor in this MRI?", ["Yes", "No"]),
+                            ("Which?\nA. glioma\nB. meningioma\nC. no tumor\nAnswer with the letter.", ["A", "B", "C"])):
+        inputs = adapter.chat_inputs([prompt + " " * i for i in range(6)], images)  # mixed lengths: left padding
+        scores = adapter.option_scores(inputs, [options] * 6, variants=False)
+        allowed = [next(iter(adapter.first_tokens(o, variants=False))) for o in options]
+        assert len(set(allowed)) == len(options)
+        out = adapter.model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=pad,
+                                     logits_processor=LogitsProcessorList([Only(allowed)]))
+        chosen = [allowed.index(t) for t in out[:, -1].tolist()]
+        assert chosen == [int(np.argmax(s)) for s in scores]
+        assert all(abs(sum(s) - 1) < 1e-5 for s in scores)
+
+
+def test_scored_mode_writes_option_probabilities_and_a_vqa_auroc(tmp_path):
+    source = open_source("synth:chest-xray?n=24")
+    summary = vqa("tiny:llava", source, "synth-chest-xray", prompts="yes_no,multiple_choice", out=tmp_path,
+                  describe_with=None, answer_mode="score", device="cpu")
+    rows = _answers(tmp_path)
+    assert rows and all(r["option_probs"] and abs(sum(r["option_probs"].values()) - 1) < 1e-4 for r in rows)
+    assert all(r["parsed"] == max(r["option_probs"], key=r["option_probs"].get) for r in rows)
+    assert all(r["answer_kind"] == "answer" for r in rows)  # a constrained choice always answers
+    assert 0.0 <= summary["scored"]["auroc"] <= 1.0 and summary["scored"]["n"] == 24
+    with pytest.raises(UserError, match="answer mode"):
+        vqa("tiny:llava", source, "synth-chest-xray", out=tmp_path / "x", answer_mode="logits")
+
+
+# ---- measures that mean what they say ----------------------------------------------------------------------------
+
+@dataclass
+class _Scripted:
+    """Answers every prompt from a fixed rule: `yes_no` for yes/no prompts, the right class for the others; refuses
+    without an image when `blind_refuses`."""
+
+    source: object
+    task: object
+    yes_no: str
+    blind_refuses: bool = False
+    spec: str = "fake:scripted"
+    can_generate: bool = True
+    loaded: str = "full"
+    reads_point: str = ""
+    arch: str = "fake"
+
+    def fingerprints(self):
+        return {"model": "fp", "vision": "fp"}
+
+    def chat_inputs(self, prompts, images=None):
+        return {"prompts": prompts, "images": images}
+
+    def generate(self, inputs, *, max_new_tokens):
+        images = inputs["images"] or [None] * len(inputs["prompts"])
+        labels = {self.source.image(i).tobytes(): self.source.classes[s.label] for i, s in enumerate(self.source.samples)}
+        out = []
+        for text, image in zip(inputs["prompts"], images):
+            prompt = next(p for p in self.task.prompts() if p.render() == text)
+            if image is None and self.blind_refuses:
+                out.append("I cannot provide a diagnosis without the image; please consult a radiologist.")
+            elif prompt.kind == "yes_no" or prompt.group:
+                out.append(self.yes_no)
+            else:
+                label = labels.get(image.tobytes()) if image is not None else self.source.classes[0]
+                out.append(label.replace("_", " ") if prompt.kind == "open" else
+                           f"({self.task.expected(prompt, label)})")
+        return out
+
+
+def test_yes_no_answers_do_not_vote_for_a_class_when_there_are_more_than_two(brain, tmp_path):
+    source, task = brain
+    assert len(task.classes) > 2
+    skills = [vqa(_Scripted(source, task, word), source, task, out=tmp_path / word, describe_with=None,
+                  prompts="yes_no,multiple_choice")["classification"]["skill"] for word in ("Yes.", "No.")]
+    assert skills[0] == skills[1] == 1.0  # the multiple-choice answers are right; the yes/no words change nothing
+
+
+def test_a_model_that_refuses_without_the_image_is_not_ideal(brain, tmp_path):
+    source, task = brain
+    summary = vqa(_Scripted(source, task, "Yes.", blind_refuses=True), source, task, conditions="image,no-image",
+                  prompts="paraphrase", out=tmp_path, describe_with=None)
+    quadrants = summary["quadrants"]
+    assert quadrants["Abstains-blind"] == 1.0 and quadrants["Ideal"] == 0.0
+
+
+def test_psf_yes_no_set_read_from_a_perfectly_right_responder_in_plain_words(tmp_path):
+    """Statements, not just yes/no words: "Pneumonia is present", "There is no pneumonia", ..."""
+    task = load_task("pneumonia-xray")
+    source = open_source("synth:chest-xray?n=40")
+    words = {True: ["Pneumonia is present.", "Yes, there is pneumonia in the right lower lobe.",
+                    "There is evidence of pneumonia.", "Positive for pneumonia."],
+             False: ["There is no pneumonia.", "Negative for pneumonia.", "No, the lungs show no pneumonia.",
+                     "The image does not show pneumonia."]}
+    labels = {source.image(i).tobytes(): source.classes[s.label] for i, s in enumerate(source.samples)}
+
+    class Right(_Scripted):
+        def generate(self, inputs, *, max_new_tokens):
+            out = []
+            for k, (text, image) in enumerate(zip(inputs["prompts"], inputs["images"])):
+                prompt = next(p for p in task.prompts() if p.render() == text)
+                expected = task.expected(prompt, labels[image.tobytes()])
+                if "pneumonia" not in prompt.text.lower():
+                    out.append("Yes." if expected == "yes" else "No.")
+                    continue
+                present = (expected == "yes") != prompt.negated
+                # "Yes, there is pneumonia" to "Are the lungs clear of pneumonia?" contradicts itself: statements only
+                options = [w for w in words[present] if not prompt.negated or not w.startswith(("Yes", "No"))]
+                out.append(options[(k + len(text)) % len(options)])
+            return out
+
+    summary = vqa(Right(source, task, ""), source, task, prompts="yes_no,paraphrase", out=tmp_path, describe_with=None)
+    assert summary["conditions"]["image"]["accuracy"] >= 0.98
+    assert summary["conditions"]["image"]["unparsed_rate"] == 0.0
+
+
+def test_abstentions_are_credited_at_chance_and_unparsed_answers_at_zero():
+    from medfrag_probe.vqa.measures import ABSTAINED, UNPARSED, class_scores
+
+    classes = ["a", "b", "c", "d"]
+    labels = ["a", "b", "c", "d"] * 5
+    assert class_scores(labels, [ABSTAINED] * 20, classes)["skill"] == pytest.approx(0.0)
+    assert class_scores(labels, [UNPARSED] * 20, classes)["skill"] == pytest.approx(-1 / 3)  # credit 0 = all wrong
+    scores = class_scores(labels, [ABSTAINED] * 10 + [UNPARSED] * 10, classes)
+    assert scores["abstained_rate"] == 0.5 and scores["unparsed_rate"] == 0.5 and scores["answered_rate"] == 0.0
+
+
+def test_standard_errors_cluster_by_patient_not_by_image():
+    from types import SimpleNamespace
+
+    from medfrag_probe.vqa.measures import item_stats
+
+    # 10 patients x 4 images; a patient's images are all right or all wrong: 10 independent units, not 40
+    records = [SimpleNamespace(sample_id=f"p{p}-{i}", group=f"p{p}", expected="yes", correct=p % 2 == 0,
+                               answer_kind="answer") for p in range(10) for i in range(4)]
+    stats = item_stats(records)
+    assert stats["n_patients"] == 10
+    assert stats["accuracy_se"] == pytest.approx(np.sqrt(0.25 / 9), rel=0.01)  # the SE of a mean of 10 coin flips

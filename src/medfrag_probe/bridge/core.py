@@ -85,6 +85,8 @@ class BridgeRecord:
     best_points: dict
     description_skill: float | None
     description_point: str
+    probe_auroc: float | None = None
+    vqa_auroc: float | None = None  # scored mode only: the answers' option probabilities
     answered_rate: float | None = None
     abstained_rate: float | None = None
     unparsed_rate: float | None = None
@@ -251,6 +253,7 @@ def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tup
         vqa_skill_ci=scores["vqa_ci"], gap=scores["gap"], gap_ci=scores["gap_ci"],
         vision_deficit=1 - scores["probe"], reasoning_deficit=scores["gap"], verdict=verdict, mcnemar_p=p_value,
         recoverable_errors=table["probe_right_vqa_wrong"], n=len(join.ids), table=table, reads_point=reads_point,
+        probe_auroc=_auroc(best_pred, join), vqa_auroc=(summary.get("scored") or {}).get("auroc"),
         answered_rate=float(np.mean(join.vqa_pred >= 0)), abstained_rate=float(np.mean(join.vqa_pred == -1)),
         unparsed_rate=float(np.mean(join.vqa_pred == -2)),
         reads_skill=reads_scores["probe"] if reads_scores else None,
@@ -263,6 +266,14 @@ def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tup
         vision_fingerprint=summary.get("vision_fingerprint") or matched[0].get("vision_fingerprint", ""),
         data_fingerprint=summary.get("data_fingerprint", ""), samples=str(samples))
     return record, join
+
+
+def _auroc(pred: dict, join: _Joined) -> float | None:
+    """The selected probe's AUROC on the joined samples (the scale of the scored answers' AUROC)."""
+    from ..probes.metrics import auroc
+
+    rows = np.isin(pred["ids"], join.ids)
+    return auroc(pred["labels"][rows], pred["proba"][rows], len(join.classes))
 
 
 def _slug(text: str) -> str:

@@ -32,6 +32,8 @@ def vqa_command(
     describe_tokens: Annotated[int, typer.Option(help="Description length limit (tokens).")] = 128,
     describe_with: Annotated[str, typer.Option(help="Description classifier: vlm, encoder:SPEC, llm:SPEC or "
                                                "none.")] = "vlm",
+    answer_mode: Annotated[str, typer.Option(help="generate (greedy text, parsed) or score (closed questions: the "
+                                             "probability of each option's first answer token).")] = "generate",
     split: Annotated[Optional[str], typer.Option(help="all, train, val or test (default: test when the data has "
                                                  "splits, else all).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Ask about at most N samples (a seeded subset).")] = None,
@@ -53,7 +55,7 @@ def vqa_command(
     summary = vqa(model, data, task, conditions=conditions, prompts=prompts, out=out, batch_size=batch_size,
                   max_new_tokens=max_new_tokens, describe_tokens=describe_tokens, device=device, dtype=dtype,
                   seed=seed, split=split, limit=limit, describe_with=None if describe_with == "none" else describe_with,
-                  overwrite=overwrite, trust_remote_code=trust_remote_code)
+                  overwrite=overwrite, trust_remote_code=trust_remote_code, answer_mode=answer_mode)
     _report(summary, out)
 
 

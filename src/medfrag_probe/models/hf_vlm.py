@@ -108,6 +108,32 @@ class HFVLMAdapter(Adapter):
                                   pad_token_id=pad, temperature=None, top_p=None, top_k=None)
         return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
+    @torch.inference_mode()
+    def option_scores(self, inputs, options: list[list[str]], *, variants: bool = True) -> list[list[float]]:
+        """Scored answers: per row, the probability of each option's first answer token at the answer position
+        (no generation, no parsing), normalised over that row's options.
+
+        An option's mass is summed over the distinct first tokens of its surface forms (as written, lower case,
+        capitalised, each with and without a leading space) unless `variants=False`, which keeps the option as
+        written, without a leading space (what a constrained greedy decoder picks among)."""
+        logits = self.model(**inputs).logits[:, -1, :].float()  # left padding: the last position answers
+        probs = torch.softmax(logits, dim=-1).cpu()
+        out = []
+        for row, row_options in enumerate(options):
+            mass = [float(probs[row, sorted(self.first_tokens(o, variants=variants))].sum()) for o in row_options]
+            total = sum(mass)
+            out.append([m / total if total > 0 else 1 / len(mass) for m in mass])
+        return out
+
+    def first_tokens(self, option: str, *, variants: bool = True) -> set[int]:
+        """Ids of the first token of each surface form of `option`."""
+        tokenizer = self.processor.tokenizer
+        forms = {option}
+        if variants:
+            forms |= {option.lower(), option.capitalize()}
+            forms |= {" " + f for f in forms}
+        return {ids[0] for ids in (tokenizer.encode(f, add_special_tokens=False) for f in forms) if ids}
+
     def fit_images(self, images):
         """Images as this model's own preprocessing expects them before the processor (e.g. padded square)."""
         return images

@@ -110,7 +110,35 @@ def summarise(records, task) -> dict:
         "quadrants": quadrants(image, by_condition.get("no-image", []),
                                (by_condition.get("blank", []), by_condition.get("swap", []))),
         "classification": classification(image, list(task.classes)),
+        "scored": scored_auroc(image, list(task.classes)),
     }
+
+
+def sample_probabilities(image, classes: list[str]) -> dict[str, np.ndarray]:
+    """Scored mode: each sample's class probabilities, the mean over its scored answers that name classes."""
+    sums: dict[str, np.ndarray] = {}
+    counts: Counter = Counter()
+    for r in image:
+        probs = getattr(r, "class_probs", None)
+        if not probs:
+            continue
+        vec = np.array([probs.get(c, 0.0) for c in classes], dtype=float)
+        sums[r.sample_id] = sums.get(r.sample_id, 0) + vec
+        counts[r.sample_id] += 1
+    return {k: v / counts[k] for k, v in sums.items()}
+
+
+def scored_auroc(image, classes: list[str]) -> dict:
+    """AUROC of the scored answers' class probabilities (binary, or macro one-vs-rest), on the probe's scale."""
+    from ..probes.metrics import auroc
+
+    probs = sample_probabilities(image, classes)
+    if not probs:
+        return {"auroc": None, "n": 0}
+    label_of = {r.sample_id: r.label for r in image}
+    ids = sorted(probs)
+    y = np.array([classes.index(label_of[i]) for i in ids])
+    return {"auroc": auroc(y, np.stack([probs[i] for i in ids]), len(classes)), "n": len(ids)}
 
 
 def _by_kind(records) -> dict:

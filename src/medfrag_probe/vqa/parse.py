@@ -7,9 +7,13 @@ Rules, applied in order:
    "therefore, ..."), only the text after the *last* such cue is parsed; chain-of-thought before it is ignored.
 3. Refusal: the model declines ("I cannot provide a diagnosis", "as an AI", "consult a radiologist") and gives no
    parseable answer -> `refusal`.
-4. Answer: yes/no -- a "yes" without a "no" is yes, the reverse no (DESIGN 7); options -- one letter given as
+4. Answer: yes/no -- see `parse_yes_no` (a leading yes/no word; else, with the question, the first clause about
+   the asked finding; explicit presence/absence statements; a lone yes/no word); options -- one letter given as
    `(B)`, `B)`, `B.`, `B:`, `option B`, `answer is B`, a lone `B`, or the text of exactly one option; classes -- the
-   synonyms of exactly one class, mentions right after a negation ("not", "no", "rather than") discounted.
+   synonyms of exactly one class, mentions right after a negation ("not", "no", "rather than") or declared
+   unlikely ("X is unlikely", "X is ruled out") discounted. Every reader first drops what is not the model's
+   answer: echoed option lists ("choose from: [yes, no]"), a continuation in the user's voice ("USER: ..."),
+   chat-template tokens and junk lines (copyright, code).
 5. Hedge: no answer and words of uncertainty ("unclear", "cannot be determined", "not sure") -> `hedge`;
    anything else -> `unknown`.
 
@@ -165,6 +169,9 @@ def _finding(question: str) -> dict:
     """What a yes/no question asks about: its target words (anatomy dropped unless nothing else is left) and
     whether it is asked negatively ("Are the lungs clear of pneumonia?")."""
     q = normalise(question)
+    asked = [part for part in re.split(r"(?<=[.?!])\s+", q) if part.endswith("?")]
+    q = asked[-1] if asked else q  # the question itself, not the role play or instructions around it
+    q = re.sub(r"\b(?:answer|reply|respond)?\s*(?:with|using)?\s*(?:yes or no|yes/no)\b", " ", q)
     negative = bool(_FRAMING_NEG.search(q))
     q = _FRAMING_NEG.sub(" ", q)
 
@@ -269,7 +276,7 @@ def _find_term(clause: str, term: str):
 
 def parse_option(response: str, options: Mapping[str, str]) -> Parsed:
     """An option letter (keys of `options`, e.g. {"A": "glioma", "B": "meningioma"}), by letter or by text."""
-    text = normalise(response)
+    text = clean(response)
     letters = {k.lower(): k for k in options}
     for part in (focus(text), text):
         found = _letters(part, letters)
@@ -295,18 +302,23 @@ def _letters(text: str, letters: Mapping[str, str]) -> set[str]:
     return found
 
 
+_DISCOUNTED_AFTER = re.compile(r"^\s*(?:[a-z]+\s+){0,2}?(?:is|are|was|seems?|appears?)?\s*(?:very |highly )?(?:unlikely|less likely|"
+                               r"ruled out|excluded|not (?:likely|present|seen|supported|favou?red)|absent)\b")
+
+
 def _mentions(text: str, phrases: Sequence[str]) -> bool:
-    """Whether any phrase occurs as whole words and not right after a negation."""
+    """Whether any phrase occurs as whole words, neither right after a negation nor declared unlikely after it
+    ("Glioma is unlikely; this is a meningioma")."""
     for phrase in phrases:
         for match in re.finditer(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", text):
-            if not _NEGATION.search(text[:match.start()][-40:]):
+            if not _NEGATION.search(text[:match.start()][-40:]) and not _DISCOUNTED_AFTER.match(text[match.end():]):
                 return True
     return False
 
 
 def parse_class(response: str, classes: Mapping[str, Sequence[str]]) -> Parsed:
-    """A class name, when the synonyms of exactly one class are mentioned (not negated)."""
-    text = normalise(response)
+    """A class name, when the synonyms of exactly one class are mentioned (not negated, not declared unlikely)."""
+    text = clean(response)
     names = {name: sorted({normalise(name).replace("_", " "), *[normalise(s) for s in synonyms]}, key=len,
                           reverse=True) for name, synonyms in classes.items()}
     for part in (focus(text), text):

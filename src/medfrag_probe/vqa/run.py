@@ -35,6 +35,8 @@ from .parse import Parsed, parse_class, parse_option, parse_yes_no
 from .tasks import Prompt, Task, load_task
 
 CONDITIONS = ("image", "no-image", "blank", "swap")
+ANSWER_MODES = ("generate", "score")
+SCORED_KINDS = ("yes_no", "multiple_choice")  # closed questions: their options can be scored
 SHARED = ("no-image", "blank")  # conditions whose input does not depend on the sample
 CHUNK = 64  # work items per part file; fixed, so a resumed run finds the same grid whatever the batch size
 BLANK_GREY = (128, 128, 128)
@@ -63,6 +65,8 @@ class VQARecord:
     swap_id: str = ""
     swap_label: str = ""
     swap_expected: str | None = None
+    option_probs: dict | None = None  # scored mode: probability of each option (yes/no, or option letters)
+    class_probs: dict | None = None  # scored mode: the same mass per task class, where the options name classes
 
 
 @dataclass(frozen=True)
@@ -77,16 +81,22 @@ class _Item:
 def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Path = "probes/vqa",
         batch_size: int = 8, max_new_tokens: int = 32, describe_tokens: int = 128, device: str = "auto",
         dtype: str = "float32", seed: int = 0, split: str | None = None, limit: int | None = None,
-        describe_with: str | None = "vlm", overwrite: bool = False, trust_remote_code: bool = False) -> dict:
+        describe_with: str | None = "vlm", overwrite: bool = False, trust_remote_code: bool = False,
+        answer_mode: str = "generate") -> dict:
     """Generate, parse and score answers; write answers.jsonl and summary.json under `out`; return the summary.
 
     `model` is a model spec or a loaded adapter; `data` a data spec or source; `task` a task name, path or `Task`.
     `prompts` keeps only the prompt ids (or kinds: yes_no, multiple_choice, open, describe, paraphrase) listed.
     `describe_with` names the text classifier of the description pipeline (see `vqa.describe`), None to skip it.
+    `answer_mode="score"` answers closed questions (yes/no, multiple choice) by the model's probability of each
+    option's first answer token after the chat template (a constrained choice: no generation, no parsing); open
+    questions and descriptions are still generated. Each scored record carries `option_probs`.
     """
     from ..models.loading import load_adapter, resolve_device
 
     conditions = check_conditions(conditions)
+    if answer_mode not in ANSWER_MODES:
+        raise bad_choice("answer mode", answer_mode, ANSWER_MODES)
     if describe_with:
         from .describe import check_method
 
@@ -103,14 +113,17 @@ def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Pa
         raise UserError(f"model {adapter.spec} ({adapter.arch}) is an image encoder and cannot answer questions; vqa "
                         "needs a vision-language model (llava, llava-next, gemma3, paligemma, qwen2-vl, ...)")
     out = Path(out)
+    if answer_mode == "score" and not hasattr(adapter, "option_scores"):
+        raise UserError(f"model {adapter.spec} cannot score options; use answer_mode 'generate'")
     identity = _identity(adapter, source, task, chosen, rows, conditions=conditions, seed=seed,
-                         max_new_tokens=max_new_tokens, describe_tokens=describe_tokens)
+                         max_new_tokens=max_new_tokens, describe_tokens=describe_tokens,
+                         **({"answer_mode": answer_mode} if answer_mode != "generate" else {}))
     parts = _start(out, identity, overwrite=overwrite, rows={s.id: i for i, s in enumerate(source.samples)})
     swaps = swap_partners(source, rows, seed=seed)
     items = plan_items(chosen, rows, conditions)
     start = time.perf_counter()
     _generate_all(adapter, source, items, swaps, parts, batch_size=batch_size,
-                  tokens={"answer": max_new_tokens, "describe": describe_tokens})
+                  tokens={"answer": max_new_tokens, "describe": describe_tokens}, scored=answer_mode == "score")
     records = _score(task, source, class_map, chosen, rows, swaps, conditions, _read_parts(parts))
     answered = {r.sample_id for r in records if r.condition == "image"}
     extra = {"class_map": {source.classes[k]: v for k, v in class_map.items()},
@@ -268,9 +281,9 @@ def _restore_parts(out: Path, parts: Path, rows: dict[str, int]) -> None:
     for line in answers.read_text().splitlines() if answers.is_file() else []:
         rec = json.loads(line)
         sample = -1 if rec["condition"] in SHARED else rows[rec["sample_id"]]
-        restored[item_key(rec["condition"], rec["prompt_id"], sample)] = rec["response"]
-    _atomic(parts / "restored.jsonl", "".join(json.dumps({"key": k, "response": v}) + "\n"
-                                             for k, v in restored.items()))
+        restored[item_key(rec["condition"], rec["prompt_id"], sample)] = {
+            "response": rec["response"], **({"option_probs": rec["option_probs"]} if rec.get("option_probs") else {})}
+    _atomic(parts / "restored.jsonl", "".join(json.dumps({"key": k, **v}) + "\n" for k, v in restored.items()))
 
 
 def _atomic(path: Path, text: str) -> None:
@@ -289,16 +302,17 @@ def item_key(condition: str, prompt_id: str, sample: int) -> str:
 
 
 def _read_parts(parts: Path) -> dict[str, str]:
-    """Responses generated so far, by work-item key."""
+    """Responses generated so far, by work-item key (scored answers as {"response", "option_probs"})."""
     done = {}
     for path in sorted(parts.glob("*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            done[row["key"]] = row["response"]
+            done[row["key"]] = row if row.get("option_probs") is not None else row["response"]
     return done
 
 
-def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int, tokens: dict) -> None:
+def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int, tokens: dict,
+                  scored: bool = False) -> None:
     """Generate every chunk of work items not yet in the parts folder."""
     from tqdm.auto import tqdm
 
@@ -311,18 +325,20 @@ def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int
     with tqdm(total=sum(len(c) for _, c in todo), desc="vqa", unit="answer", disable=is_quiet()) as bar:
         for k, chunk in todo:
             rows = []
-            for batch in _batches([it for it in chunk if _key(it) not in done], batch_size):
-                for item, response in zip(batch, _answer(adapter, batch, images, swaps, tokens)):
-                    rows.append({"key": _key(item), "response": response})
+            for batch in _batches([it for it in chunk if _key(it) not in done], batch_size, scored=scored):
+                for item, response in zip(batch, _answer(adapter, batch, images, swaps, tokens, scored=scored)):
+                    rows.append({"key": _key(item), **(response if isinstance(response, dict)
+                                                       else {"response": response})})
                 bar.update(len(batch))
             _atomic(parts / f"chunk-{k:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _batches(items: list[_Item], size: int):
-    """Batches of items sharing a condition and an answer length (descriptions apart)."""
+def _batches(items: list[_Item], size: int, *, scored: bool = False):
+    """Batches of items sharing a condition and an answer length (descriptions apart; scored items apart)."""
     by_kind: dict[tuple, list[_Item]] = {}
     for item in items:
-        by_kind.setdefault((item.condition, item.prompt.kind == "describe"), []).append(item)
+        key = (item.condition, item.prompt.kind == "describe", scored and item.prompt.kind in SCORED_KINDS)
+        by_kind.setdefault(key, []).append(item)
     for group in by_kind.values():
         for i in range(0, len(group), size):
             yield group[i:i + size]
@@ -349,14 +365,21 @@ class _ImageCache:
         return self.cache[row]
 
 
-def _answer(adapter, batch: list[_Item], images: _ImageCache, swaps: dict[int, int], tokens: dict) -> list:
-    """Responses of one batch (same condition): images chosen per condition, then one generate call; None where
-    the image could not be read."""
+def _answer(adapter, batch: list[_Item], images: _ImageCache, swaps: dict[int, int], tokens: dict, *,
+            scored: bool = False) -> list:
+    """Responses of one batch (same condition): images chosen per condition, then one generate (or scoring) call;
+    None where the image could not be read."""
     condition = batch[0].condition
     length = tokens["describe" if batch[0].prompt.kind == "describe" else "answer"]
     texts = [item.prompt.render() for item in batch]
+    if scored and batch[0].prompt.kind in SCORED_KINDS:
+        def run(inputs, items):
+            return _scored(adapter, inputs, items)
+    else:
+        def run(inputs, items):
+            return adapter.generate(inputs, max_new_tokens=length)
     if condition == "no-image":
-        return adapter.generate(adapter.chat_inputs(texts), max_new_tokens=length)
+        return run(adapter.chat_inputs(texts), batch)
     if condition == "blank":
         size = _first_size(images)
         pictures = [Image.new("RGB", size, BLANK_GREY) for _ in batch]
@@ -366,11 +389,44 @@ def _answer(adapter, batch: list[_Item], images: _ImageCache, swaps: dict[int, i
     keep = [i for i, p in enumerate(pictures) if p is not None]
     responses: list[str | None] = [None] * len(batch)
     if keep:
-        answers = adapter.generate(adapter.chat_inputs([texts[i] for i in keep], [pictures[i] for i in keep]),
-                                   max_new_tokens=length)
+        answers = run(adapter.chat_inputs([texts[i] for i in keep], [pictures[i] for i in keep]),
+                      [batch[i] for i in keep])
         for i, answer in zip(keep, answers):
             responses[i] = answer
     return responses
+
+
+def class_probabilities(task: Task, prompt: Prompt, probs: dict | None) -> dict | None:
+    """Scored option mass per task class: multiple-choice letters map to their classes; yes/no only with two
+    classes (yes names the positive class, inverted for a negated wording)."""
+    if not probs:
+        return None
+    if prompt.kind == "multiple_choice":
+        return {prompt.options[letter]: p for letter, p in probs.items() if letter in prompt.options}
+    positive = [c for c in task.classes if c in task.positive]
+    negative = [c for c in task.classes if c not in task.positive]
+    if prompt.kind != "yes_no" or len(positive) != 1 or len(negative) != 1:
+        return None
+    yes, no = (probs["no"], probs["yes"]) if prompt.negated else (probs["yes"], probs["no"])
+    return {positive[0]: yes, negative[0]: no}
+
+
+def option_texts(prompt: Prompt) -> list[str]:
+    """What a scored closed question chooses among: yes/no, or the option letters."""
+    return ["yes", "no"] if prompt.kind == "yes_no" else list(prompt.options)
+
+
+def _scored(adapter, inputs, items: list[_Item]) -> list[dict]:
+    """Scored answers of one batch: the most probable option as the response, with every option's probability."""
+    options = [option_texts(item.prompt) for item in items]
+    probs = adapter.option_scores(inputs, [[o.capitalize() if o in ("yes", "no") else o for o in opts]
+                                           for opts in options])
+    out = []
+    for opts, p in zip(options, probs):
+        best = opts[max(range(len(opts)), key=lambda k: p[k])]
+        out.append({"response": best.capitalize() if best in ("yes", "no") else best,
+                    "option_probs": {o: round(float(v), 6) for o, v in zip(opts, p)}})
+    return out
 
 
 def _first_size(images: _ImageCache) -> tuple[int, int]:
@@ -413,16 +469,20 @@ def _score(task, source, class_map, prompts, rows, swaps, conditions, responses)
     records = []
     for item in plan_items(prompts, rows, conditions):
         response = responses.get(_key(item))
+        probs = None
+        if isinstance(response, dict):
+            response, probs = response["response"], response.get("option_probs")
         if response is None:  # not generated, or its image could not be read
             continue
         for row in (rows if item.sample < 0 else [item.sample]):
             if item.condition == "swap" and int(row) not in swaps:
                 continue
-            records.append(_record(task, source, class_map, item.prompt, item.condition, int(row), response, swaps))
+            records.append(_record(task, source, class_map, item.prompt, item.condition, int(row), response, swaps,
+                                   probs))
     return records
 
 
-def _record(task, source, class_map, prompt, condition, row, response, swaps) -> VQARecord:
+def _record(task, source, class_map, prompt, condition, row, response, swaps, probs=None) -> VQARecord:
     sample = source.samples[row]
     label = class_map[sample.label]
     parsed = parse_answer(task, prompt, response)
@@ -436,7 +496,8 @@ def _record(task, source, class_map, prompt, condition, row, response, swaps) ->
                      parsed=parsed.answer, correct=None if expected is None else parsed.answer == expected,
                      refused=parsed.kind == "refusal", answer_kind=parsed.kind, kind=prompt.kind, expected=expected,
                      class_pred=implied_class(task, prompt, parsed), label=label, group=sample.group,
-                     split=sample.split, paraphrase=prompt.group, negated=prompt.negated, **swap)
+                     split=sample.split, paraphrase=prompt.group, negated=prompt.negated, option_probs=probs,
+                     class_probs=class_probabilities(task, prompt, probs), **swap)
 
 
 def _finish(records, *, out, parts, task, source, adapter, identity, seconds, describe_with, seed, device,
