@@ -59,25 +59,51 @@ def test_linear_probe_reaches_bayes_accuracy(tmp_path):
     assert result.split == "stratified-kfold" and result.n == 3000
 
 
-def test_noise_scores_at_chance_with_selectivity_near_zero(tmp_path):
+def test_noise_scores_at_chance(tmp_path):
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(600, 32)).astype(np.float32), rng.integers(0, 2, 600)
     path = write_cache(tmp_path / "n.h5", X, y)
     for result in probe([path], out=tmp_path / "out", figures=False):
         low, high = result.balanced_accuracy_ci
         assert low <= 0.5 <= high, result.probe
-        assert abs(result.selectivity) < 0.08 and abs(result.skill) < 0.1
+        assert abs(result.skill) < 0.1
 
 
-def test_patient_leakage_random_split_high_group_split_chance(tmp_path):
-    """Label constant per patient, images of one patient alike, no class signal: only a leaky split scores."""
-    rng = np.random.default_rng(2)
-    patients, per = 60, 6
+def test_shuffled_control_is_at_chance_on_real_signal_and_selectivity_is_the_signal(tmp_path):
+    """A control that never shuffles would score like the probe itself and give selectivity 0: this fails it."""
+    X, y = gaussian(600, 16, separation=1.5, seed=3)  # Bayes accuracy 0.77
+    groups = np.arange(600) // 3
+    for result in probe([write_cache(tmp_path / "s.h5", X, y, groups=groups)], out=tmp_path / "out", figures=False):
+        assert result.shuffled_balanced_accuracy == pytest.approx(0.5, abs=0.07), result.probe
+        assert result.selectivity == pytest.approx(result.balanced_accuracy - 0.5, abs=0.07), result.probe
+        assert result.selectivity > 0.15
+
+
+def _leaky(rng, patients=60, per=6):
+    """Patient-level labels, images of one patient alike, no class signal at all."""
     anatomy = rng.normal(size=(patients, 32))
     patient_label = rng.permutation(np.arange(patients) % 2)
     groups = np.repeat(np.arange(patients), per)
     X = (anatomy[groups] + 0.1 * rng.normal(size=(patients * per, 32))).astype(np.float32)
-    y = patient_label[groups]
+    return X, patient_label[groups], groups
+
+
+def test_the_patient_shuffle_control_exposes_a_leaky_split(tmp_path):
+    """Train and test share patients: the probe scores high by recognising patients. Labels shuffled per image would
+    destroy that and pass the probe (selectivity ~0.5); shuffled across patients the leak survives: selectivity ~0."""
+    X, y, groups = _leaky(np.random.default_rng(5))
+    splits = np.where(np.arange(len(y)) % 6 < 4, "train", "test")  # every patient in both
+    path = write_cache(tmp_path / "leak.h5", X, y, groups=groups, splits=splits)
+    with pytest.raises(UserError, match=r"share 60 patient\(s\): 0, 1, 10, 11, 12 and 55 more"):
+        probe([path], probes="knn", out=tmp_path / "refused", figures=False)
+    (result,) = probe([path], probes="knn", out=tmp_path / "out", figures=False, allow_split_overlap=True)
+    assert result.balanced_accuracy > 0.9 and "share 60 patients" in result.note
+    assert result.shuffled_balanced_accuracy > 0.85 and result.selectivity < 0.15
+
+
+def test_patient_leakage_random_split_high_group_split_chance(tmp_path):
+    """Label constant per patient, images of one patient alike, no class signal: only a leaky split scores."""
+    X, y, groups = _leaky(np.random.default_rng(2))
     leaky = probe([write_cache(tmp_path / "leaky.h5", X, y)], probes="knn", out=tmp_path / "a", figures=False,
                   controls=False)[0]
     honest = probe([write_cache(tmp_path / "honest.h5", X, y, groups=groups)], probes="knn", out=tmp_path / "b",
@@ -172,20 +198,26 @@ def test_k_larger_than_training_set_is_clipped():
 
 
 def test_inner_cv_scores_match_scikit_learn_on_the_same_folds():
-    """The batched solver and the C choice agree with per-fold scikit-learn LogisticRegression fits."""
+    """The batched solver and the C choice agree with per-fold scikit-learn pipelines: each inner fold standardised on
+    its own training rows, scored by balanced accuracy."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from medfrag_probe.probes.estimators import inner_folds
 
     X, y = gaussian(400, 30, separation=1.5, seed=6)
-    y = y + 2 * (X[:, 1] > 0.5)  # 4 classes
+    y = y + 2 * (X[:, 1] > 0.5)  # 4 classes, unbalanced: accuracy and balanced accuracy differ
+    X[:, 2] *= 1 + 4 * (np.arange(400) % 3 == 0)  # a feature whose scale differs between the inner folds
     model = LinearProbe(patience=None).fit(X, y)
-    Z = (X - X.mean(0)) / X.std(0)
     expected = []
     for C in sorted(model.Cs):
-        accs = [LogisticRegression(C=C, max_iter=5000, tol=1e-8).fit(Z[tr], y[tr]).score(Z[te], y[te])
-                for tr, te in inner_folds(y, None, 3, 0)]
-        expected.append(np.mean(accs))
+        scores = []
+        for tr, te in inner_folds(y, None, 3, 0):
+            fitted = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, tol=1e-8)).fit(X[tr], y[tr])
+            scores.append(balanced_accuracy_score(y[te], fitted.predict(X[te])))
+        expected.append(np.mean(scores))
     assert np.allclose(model.cv_scores_, expected, atol=0.01)
     assert expected[int(np.argmax(model.cv_scores_))] >= max(expected) - 0.01
 

@@ -28,9 +28,10 @@ def _device(name: str) -> torch.device:
 class LinearProbe(ClassifierMixin, BaseEstimator):
     """Standardise (fit on the training rows), L2 logistic regression (L-BFGS), C chosen by inner group CV, refit.
 
-    With `fit(X, y, groups=...)` C is chosen by `inner_folds`-fold stratified group CV on the training rows (accuracy,
-    ties to the stronger regularisation); with `fit(X, y, X_val=..., y_val=...)` it is chosen on the given validation
-    rows. A single value in `Cs` skips the search. The grid is walked from strong to weak regularisation with warm
+    With `fit(X, y, groups=...)` C is chosen by `inner_folds`-fold stratified group CV on the training rows (balanced
+    accuracy, the metric results report; ties to the stronger regularisation), each inner fold standardised on its
+    own training rows, as the refit is on all of them; with `fit(X, y, X_val=..., y_val=...)` it is chosen on the
+    given validation rows. A single value in `Cs` skips the search. The grid is walked from strong to weak regularisation with warm
     starts, and the walk stops once the held-out score has stayed below its best for `patience` consecutive values
     (`patience=None` walks the whole grid): the weakly regularised end is the slow one and rarely wins.
 
@@ -62,9 +63,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         dev = _device(self.device)
         Xt = torch.from_numpy((rows - self.mean_) / self.scale_).to(dev)
         yt = torch.from_numpy(np.concatenate([codes, checks[1]]) if checks[1] is not None else codes).to(dev)
+        scales = torch.from_numpy(self._penalty_scales(X, masks)).to(dev)
         path, scores = [], []
         for W, b in logistic_path(Xt, yt.long(), torch.from_numpy(masks).to(dev), Cs, n_classes=len(self.classes_),
-                                  max_iter=self.max_iter, tol=self.tol):
+                                  max_iter=self.max_iter, tol=self.tol, penalty_scales=scales):
             path.append((W, b))
             if checks[0]:
                 scores.append(self._score(Xt, yt, W, b, checks[0]))
@@ -80,6 +82,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.coef_ = W[-1].T.cpu().numpy()
         self.intercept_ = b[-1].cpu().numpy()
         return self
+
+    def _penalty_scales(self, X, masks) -> np.ndarray:
+        """(P, D) squared ratio of each problem's own feature scale to the shared one (1 for the refit): each inner
+        fold is standardised on its own training rows (see `solver`)."""
+        scales = np.ones((len(masks), X.shape[1]), np.float32)
+        for p, mask in enumerate(masks[:, :len(X)]):
+            if mask.all():
+                continue
+            own = X[mask > 0].std(0)
+            scales[p] = np.where(own > 0, own / self.scale_, 1.0) ** 2
+        return scales
 
     def _problems(self, X, codes, groups, X_val, y_val, n_cs, folds):
         """Rows to solve on, a 0/1 mask per problem (inner folds then the refit), and the held-out checks."""
@@ -104,13 +117,15 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _score(Xt, yt, W, b, held_out) -> float:
-        """Mean held-out accuracy of the problems of one C."""
+        """Mean held-out balanced accuracy of the problems of one C."""
         accs = []
         for p, rows in enumerate(held_out):
             idx = torch.as_tensor(rows, device=Xt.device)
             logits = Xt[idx] @ W[p] + b[p]
             pred = (logits[:, 0] > 0).long() if W.shape[-1] == 1 else logits.argmax(1)
-            accs.append((pred == yt[idx]).float().mean().item())
+            truth = yt[idx]
+            recalls = [(pred[truth == c] == c).float().mean().item() for c in torch.unique(truth)]
+            accs.append(float(np.mean(recalls)))
         return float(np.mean(accs))
 
     def decision_function(self, X) -> np.ndarray:

@@ -102,8 +102,10 @@ class _Task:
 
 def probe(caches, *, points: str | None = None, poolings: str | None = None, probes=("linear", "knn"),
           out: str | Path = "probes", folds: int = 5, seed: int = 0, replicates: int = 1000, controls: bool = True,
-          ks=None, device: str = "auto", figures: bool = True) -> list[ProbeResult]:
+          ks=None, device: str = "auto", figures: bool = True, allow_split_overlap: bool = False) -> list[ProbeResult]:
     """Probe every matching (point, pooling) of each cache; write results under `out`; return the results.
+
+    Given train/val/test splits that share a patient are refused unless `allow_split_overlap`.
 
     `device="auto"` runs the kNN search and the logistic-regression solver on CUDA when present, else on the CPU.
     """
@@ -113,7 +115,7 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     results: list[ProbeResult] = []
     for path in [caches] if isinstance(caches, (str, Path)) else caches:
-        task = _task(EmbeddingCache(path), folds=folds, seed=seed)
+        task = _task(EmbeddingCache(path), folds=folds, seed=seed, allow_split_overlap=allow_split_overlap)
         for point, pooling in _select(task.cache, points, poolings):
             for name in probes:
                 for result in _run_one(task, point, pooling, name, out=out, seed=seed, replicates=replicates,
@@ -141,14 +143,15 @@ def _check_probes(probes) -> list[str]:
     return names
 
 
-def _task(cache: EmbeddingCache, *, folds: int, seed: int) -> _Task:
+def _task(cache: EmbeddingCache, *, folds: int, seed: int, allow_split_overlap: bool = False) -> _Task:
     rows = np.flatnonzero(cache.done)
     if not len(rows):
         raise UserError(f"cache {cache.path} has no finished samples")
     labels = cache.labels[rows]
     groups = np.asarray(cache.groups, dtype=object)[rows].astype(str)
     splits = np.asarray(cache.splits, dtype=object)[rows].astype(str)
-    plan = plan_splits(labels, groups, splits, list(cache.classes), k=folds, seed=seed)
+    plan = plan_splits(labels, groups, splits, list(cache.classes), k=folds, seed=seed,
+                       allow_split_overlap=allow_split_overlap)
     inner = [inner_folds(labels[f.train], groups[f.train], 3, seed) if f.val is None else None for f in plan.folds]
     eval_rows = np.sort(np.concatenate([f.test for f in plan.folds]))
     return _Task(cache, rows, labels, groups, plan, inner, list(cache.classes), eval_rows)
@@ -192,11 +195,11 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
     oof, hyper = _fit_predict(task, X, finite, task.labels, name, k_values, seed=seed, device=device)
     shuffled = None
     if controls:
-        rng = np.random.default_rng(seed + 1)
         shuffled_labels = task.labels.copy()
-        shuffled_labels[finite] = rng.permutation(task.labels[finite])
-        shuffled, _ = _fit_predict(task, X, finite, shuffled_labels, name, k_values, seed=seed, device=device,
-                                   truth=task.labels)
+        shuffled_labels[finite] = shuffle_by_patient(task.labels[finite], task.groups[finite],
+                                                     np.random.default_rng(seed + 1))
+        shuffled, _ = _fit_predict(task, X, finite, shuffled_labels, name, k_values, seed=seed, device=device)
+        shuffled = {k: (v, shuffled_labels) for k, v in shuffled.items()}
     results = []
     for k in k_values:
         label = name if k is None else f"{name}@{k}"
@@ -208,7 +211,7 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
     return results
 
 
-def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device, truth=None):
+def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device):
     """Out-of-fold class probabilities for every evaluated row (NaN rows stay NaN), per k."""
     K = len(task.names)
     oof = {k: np.full((len(X), K), np.nan, np.float32) for k in k_values}
@@ -257,7 +260,8 @@ def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, r
     boot = bootstrap_scores(y, p, task.bootstrap(rows, replicates), K)
     chance = 1.0 / K
     majority = _majority_accuracy(task, rows)
-    shuffled_scores = point_scores(y, shuffled[rows], K) if shuffled is not None else None
+    # the control is scored against the labels it was trained on: what the protocol fits where no class signal is
+    shuffled_scores = point_scores(shuffled[1][rows], shuffled[0][rows], K) if shuffled is not None else None
     cache = task.cache
     return ProbeResult(
         model=str(cache.attrs.get("model", cache.path.stem)), data=str(cache.attrs.get("data", "")),
@@ -270,13 +274,27 @@ def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, r
         skill_ci=interval(skill(boot["balanced_accuracy"], chance)),
         shuffled_accuracy=shuffled_scores["accuracy"] if shuffled_scores else None,
         shuffled_balanced_accuracy=shuffled_scores["balanced_accuracy"] if shuffled_scores else None,
-        selectivity=scores["accuracy"] - shuffled_scores["accuracy"] if shuffled_scores else None,
+        selectivity=(scores["balanced_accuracy"] - shuffled_scores["balanced_accuracy"]) if shuffled_scores else None,
         per_class_recall=scores["per_class_recall"], confusion=scores["confusion"], folds=len(task.plan.folds),
         hyper=hyper, note=task.plan.note, reads_point=str(cache.attrs.get("reads_point", "")),
         model_fingerprint=str(cache.attrs.get("model_fingerprint", "")),
         vision_fingerprint=str(cache.attrs.get("vision_fingerprint", "")),
         data_fingerprint=str(cache.attrs.get("data_fingerprint", "")), predictions=predictions,
         seconds=round(seconds, 3))
+
+
+def shuffle_by_patient(labels: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Labels permuted across patients: each patient takes the labels of another patient (drawn by a permutation of
+    patients, recycled over its images), so a patient keeps one shuffled label when its own were one. Anything that
+    tells patients apart (a leaky split, a patient-level label) survives the shuffle; only the class signal goes."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.lexsort((rng.random(len(labels)), inverse))  # rows by patient, shuffled within each patient
+    counts = np.bincount(inverse)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    donor = rng.permutation(len(counts))[inverse]  # each row's patient's donor
+    within = np.empty(len(labels), int)
+    within[np.argsort(inverse, kind="stable")] = np.arange(len(labels)) - np.repeat(starts, counts)
+    return labels[order[starts[donor] + within % counts[donor]]]
 
 
 def _majority_accuracy(task: _Task, rows: np.ndarray) -> float:

@@ -7,6 +7,11 @@ of once per problem; the gradient is written by hand (no autograd).
 
 Objective per problem (the same as scikit-learn's lbfgs solver): mean log-loss over its rows + ||W||^2 / (2 C n).
 Binary problems use one logit column (sigmoid), multi-class ones a softmax over K columns.
+
+Problems may standardise their features differently (each inner fold on its own training rows) while sharing one
+feature matrix: standardising feature d of problem p by `r_pd` times the shared scale is the same model with weights
+`V = W / r` on the shared features and the penalty `sum_d r_pd^2 V_pd^2` (the intercept absorbs the centring and is
+not penalised), so `penalty_scales` (P, D) = r^2 gives each problem its own standardisation exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import torch
 
 
-def _loss_grad(X, XT, Y, M, n, W, b, C, binary):
+def _loss_grad(X, XT, Y, M, n, W, b, C, binary, S=None):
     """Loss (summed over problems) and gradients; X (N, D), Y (N, K'), M (P, N), W (P, D, K'), b (P, K')."""
     P, D, K = W.shape
     Z = (X @ W.permute(1, 0, 2).reshape(D, P * K)).view(-1, P, K) + b  # N, P, K
@@ -26,15 +31,18 @@ def _loss_grad(X, XT, Y, M, n, W, b, C, binary):
         prob = logp.exp()
         nll = -(logp * Y[:, None, :])
     weight = (M / n[:, None]).T[:, :, None]  # N, P, 1
-    loss = (nll * weight).sum() + ((W * W).sum((1, 2)) / (2 * C * n)).sum()
+    SW = W if S is None else W * S[:, :, None]
+    loss = (nll * weight).sum() + ((W * SW).sum((1, 2)) / (2 * C * n)).sum()
     G = (prob - Y[:, None, :]) * weight  # N, P, K
-    gW = (XT @ G.reshape(-1, P * K)).view(D, P, K).permute(1, 0, 2) + W / (C * n)[:, None, None]
+    gW = (XT @ G.reshape(-1, P * K)).view(D, P, K).permute(1, 0, 2) + SW / (C * n)[:, None, None]
     return loss, gW, G.sum(0)
 
 
 def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, n_classes: int, max_iter: int = 500,
-                  tol: float = 1e-4):
+                  tol: float = 1e-4, penalty_scales: torch.Tensor | None = None):
     """Solve every masked problem for each C in `Cs` (ascending), yielding (W (P, D, K'), b (P, K')) per C.
+
+    `penalty_scales` (P, D): per-problem, per-feature penalty weights (module docstring); None means all ones.
 
     A generator, so the caller can stop walking the path early (the weakly regularised end is the costly one).
     """
@@ -51,7 +59,7 @@ def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, 
 
         def closure(C=float(C)):
             with torch.no_grad():
-                loss, gW, gb = _loss_grad(X, XT, Y, masks, n, W, b, C, binary)
+                loss, gW, gb = _loss_grad(X, XT, Y, masks, n, W, b, C, binary, penalty_scales)
             W.grad, b.grad = gW.contiguous(), gb.contiguous()
             return loss
 

@@ -29,13 +29,24 @@ class SplitPlan:
 
 
 def plan_splits(labels: np.ndarray, groups: np.ndarray, splits: np.ndarray, class_names, *, k: int = 5,
-                seed: int = 0) -> SplitPlan:
-    """Choose the splits for rows with `labels`, `groups` (patients) and `splits` ('' when none)."""
+                seed: int = 0, allow_split_overlap: bool = False) -> SplitPlan:
+    """Choose the splits for rows with `labels`, `groups` (patients) and `splits` ('' when none).
+
+    Given splits that share a patient are refused, naming the patients, unless `allow_split_overlap` (then the plan's
+    note says so)."""
     present = np.unique(labels)
     if len(present) < 2:
         raise UserError(f"probing needs at least 2 classes; the cache has only {class_names[present[0]]!r}")
     if all(s for s in splits):
-        return _given(labels, splits, class_names)
+        plan = _given(labels, splits, class_names)
+        shared = shared_patients(groups, splits)
+        if shared and not allow_split_overlap:
+            named = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+            raise UserError(f"the given train/val/test splits share {len(shared)} patient(s): {named}; a patient in "
+                            "both train and test leaks; fix the splits, or allow it with --allow-split-overlap")
+        if shared:
+            return SplitPlan(plan.kind, plan.folds, f"splits share {len(shared)} patients (allowed)")
+        return plan
     grouped = len(np.unique(groups)) < len(groups)
     per_class = {c: len(np.unique(groups[labels == c])) for c in present}
     smallest = min(per_class, key=per_class.get)
@@ -52,6 +63,17 @@ def plan_splits(labels: np.ndarray, groups: np.ndarray, splits: np.ndarray, clas
         pairs = StratifiedKFold(n_splits=folds_k, shuffle=True, random_state=seed).split(labels, labels)
     folds = [Fold(train=np.sort(tr), test=np.sort(te)) for tr, te in pairs]
     return SplitPlan("group-kfold" if grouped else "stratified-kfold", folds, note)
+
+
+def shared_patients(groups: np.ndarray, splits: np.ndarray) -> list[str]:
+    """Patients (sorted) with samples in more than one of the given splits; none when samples have no patient ids."""
+    groups = np.asarray(groups).astype(str)
+    if len(np.unique(groups)) == len(groups):
+        return []
+    seen: dict[str, set] = {}
+    for group, split in zip(groups, np.asarray(splits).astype(str)):
+        seen.setdefault(group, set()).add(split)
+    return sorted(g for g, where in seen.items() if len(where) > 1)
 
 
 def _given(labels: np.ndarray, splits: np.ndarray, class_names) -> SplitPlan:
