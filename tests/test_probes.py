@@ -308,3 +308,14 @@ def test_knn_memory_bounded_chunks_give_the_same_answer():
     whole = KNNProbe(chunk_size=10_000).fit(X[:2000], y[:2000]).predict_proba(X[2000:])
     bounded = KNNProbe(memory_mb=1).fit(X[:2000], y[:2000])  # 1 MiB -> 131 queries per chunk
     np.testing.assert_allclose(bounded.predict_proba(X[2000:]), whole, rtol=1e-6)
+
+
+def test_learning_curves_leave_out_nan_rows_as_probe_does(tmp_path):
+    from medfrag_probe.probes.curves import learning_curves
+
+    X, y = gaussian(300, 6, separation=3.0)
+    X[5:9] = np.nan
+    rows = learning_curves(write_cache(tmp_path / "c.h5", X, y), [("layer", "mean")], probes=["knn"], sizes=(4, None),
+                           replicates=100)
+    assert [r["n_excluded"] for r in rows] == [4, 4]
+    assert all(np.isfinite(r["balanced_accuracy"]) and r["balanced_accuracy"] > 0.8 for r in rows)

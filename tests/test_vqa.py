@@ -298,7 +298,7 @@ def test_scored_choice_equals_constrained_greedy_generation(arch):
     tokenizer = adapter.processor.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for prompt, options in (("Is there a tumor in this MRI?", ["Yes", "No"]),
-                            ("Which?\nA. glioma\nB. meningioma\nC. no tumor\nAnswer with the letter.", ["A", "B", "C"])):
+                            ("Which?\nA. glioma\nB. meningioma\nC. no tumor\nAnswer with a letter.", ["A", "B", "C"])):
         inputs = adapter.chat_inputs([prompt + " " * i for i in range(6)], images)  # mixed lengths: left padding
         scores = adapter.option_scores(inputs, [options] * 6, variants=False)
         allowed = [next(iter(adapter.first_tokens(o, variants=False))) for o in options]
@@ -348,7 +348,8 @@ class _Scripted:
 
     def generate(self, inputs, *, max_new_tokens):
         images = inputs["images"] or [None] * len(inputs["prompts"])
-        labels = {self.source.image(i).tobytes(): self.source.classes[s.label] for i, s in enumerate(self.source.samples)}
+        labels = {self.source.image(i).tobytes(): self.source.classes[s.label]
+                  for i, s in enumerate(self.source.samples)}
         out = []
         for text, image in zip(inputs["prompts"], images):
             prompt = next(p for p in self.task.prompts() if p.render() == text)

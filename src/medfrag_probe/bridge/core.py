@@ -2,7 +2,7 @@
 
     from medfrag_probe.bridge import bridge
     records = bridge("probes/tiny-llava", "probes/vqa/tiny-llava", out="probes/bridge")
-    records[0]["verdict"]          # vision-limited | reasoning-limited | both | sound
+    records[0]["verdict"]          # vision-limited | reasoning-limited | both | sound | inconclusive
 
 Inputs: probe output folders (results.jsonl + per-sample predictions) and VQA output folders (summary.json +
 answers.jsonl), or parents holding several. A VQA run is joined to the probe results of the same model (tower +
@@ -23,12 +23,19 @@ The verdict uses `best` (the most the vision side demonstrably holds), chosen am
 language-model states already mix in the prompt. The stage curve shows every point, language-model points once per
 pooling (`image`, `last`).
 
-Verdict rule (defaults `seen_skill = 0.5`, `min_gap = 0.05`), from 95% patient-level paired bootstrap intervals:
+Verdict rule (defaults `seen_skill = 0.5`, `min_gap = 0.05`), from 95% patient-level paired bootstrap intervals. A
+side is decided only when its interval lies wholly on one side of its threshold:
 - seen: the lower bound of the probe skill CI (or of the VQA skill CI) is at least `seen_skill` -- the image
-  representation carries the class signal;
-- lost: the lower bound of the gap CI (probe skill - VQA skill) exceeds `min_gap` -- the answer loses part of it.
-  `sound` = seen and not lost; `reasoning-limited` = seen and lost; `vision-limited` = not seen and not lost;
-  `both` = not seen and lost.
+  representation carries the class signal; not seen: the upper bound of the probe skill CI is below `seen_skill`;
+  otherwise undecided.
+- lost: the lower bound of the gap CI (probe skill - VQA skill) exceeds `min_gap` -- the answer loses part of what
+  the encoder holds; kept: the upper bound of the gap CI is below `min_gap`; otherwise undecided.
+`reasoning-limited` = seen and lost; `sound` = seen and kept; `both` = not seen and lost; `vision-limited` = not seen
+and not shown lost (the vision side failed; whether the answers lose even the little there is stays open unless
+loss is shown). Every other combination is `inconclusive`: seen undecided, or seen with the gap undecided. An
+inconclusive record names the undecided side (`undecided`) and, for it, how far from its threshold an effect must
+lie to be decided at this n (`detectable_distance`, the CI half-width) and roughly how many samples would decide the
+current estimate (`n_needed = n * (half-width / |estimate - threshold|)^2`, intervals narrowing as 1/sqrt(n)).
 Attribution of the distance from a perfect answer: `vision_deficit = 1 - probe_skill`,
 `reasoning_deficit = probe_skill - vqa_skill` (they sum to `1 - vqa_skill`).
 """
@@ -51,7 +58,7 @@ from ..probes.metrics import bootstrap_weights, interval
 from ..probes.run import point_order
 from ..vqa.measures import ABSTAINED, UNPARSED, sample_votes
 
-VERDICTS = ("vision-limited", "reasoning-limited", "both", "sound")
+VERDICTS = ("vision-limited", "reasoning-limited", "both", "sound", "inconclusive")
 REPLICATES = 1000
 
 
@@ -85,6 +92,11 @@ class BridgeRecord:
     best_points: dict
     description_skill: float | None
     description_point: str
+    seen: bool | None = None  # None: undecided
+    lost: bool | None = None
+    undecided: list = field(default_factory=list)
+    detectable_distance: dict = field(default_factory=dict)
+    n_needed: dict = field(default_factory=dict)
     probe_auroc: float | None = None
     vqa_auroc: float | None = None  # scored mode only: the answers' option probabilities
     answered_rate: float | None = None
@@ -234,10 +246,7 @@ def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tup
     join = _join(best_pred, vqa_class, rename, replicates=rule["replicates"])
     scores = _paired(join)
     table, p_value = mcnemar(join)
-    seen = max((scores["probe_ci"] or [0])[0], (scores["vqa_ci"] or [0])[0]) >= rule["seen_skill"]
-    lost = scores["gap_ci"] is not None and scores["gap_ci"][0] > rule["min_gap"]
-    verdict = {(True, False): "sound", (True, True): "reasoning-limited", (False, False): "vision-limited",
-               (False, True): "both"}[(seen, lost)]
+    verdict, evidence = decide(scores, n=len(join.ids), seen_skill=rule["seen_skill"], min_gap=rule["min_gap"])
     reads_scores = None
     if reads is not None:
         reads_join = _join(read_predictions(reads["predictions"]), vqa_class, rename, replicates=rule["replicates"])
@@ -253,6 +262,7 @@ def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tup
         vqa_skill_ci=scores["vqa_ci"], gap=scores["gap"], gap_ci=scores["gap_ci"],
         vision_deficit=1 - scores["probe"], reasoning_deficit=scores["gap"], verdict=verdict, mcnemar_p=p_value,
         recoverable_errors=table["probe_right_vqa_wrong"], n=len(join.ids), table=table, reads_point=reads_point,
+        **evidence,
         probe_auroc=_auroc(best_pred, join), vqa_auroc=(summary.get("scored") or {}).get("auroc"),
         answered_rate=float(np.mean(join.vqa_pred >= 0)), abstained_rate=float(np.mean(join.vqa_pred == -1)),
         unparsed_rate=float(np.mean(join.vqa_pred == -2)),
@@ -274,6 +284,48 @@ def _auroc(pred: dict, join: _Joined) -> float | None:
 
     rows = np.isin(pred["ids"], join.ids)
     return auroc(pred["labels"][rows], pred["proba"][rows], len(join.classes))
+
+
+def decide(scores: dict, *, n: int, seen_skill: float, min_gap: float) -> tuple[str, dict]:
+    """The verdict of the module docstring from the skill and gap intervals, with the evidence for an undecided side."""
+    probe_ci, vqa_ci, gap_ci = scores["probe_ci"], scores["vqa_ci"], scores["gap_ci"]
+    seen = _side(probe_ci, seen_skill)
+    if vqa_ci is not None and vqa_ci[0] >= seen_skill:
+        seen = True
+    lost = _side(gap_ci, min_gap, strict=True)
+    if seen is True:
+        verdict = {True: "reasoning-limited", False: "sound", None: "inconclusive"}[lost]
+    elif seen is False:
+        verdict = "both" if lost is True else "vision-limited"
+    else:
+        verdict = "inconclusive"
+    undecided = []
+    if seen is None:
+        undecided.append(("probe_skill", scores["probe"], probe_ci, seen_skill))
+    if verdict == "inconclusive" and lost is None:
+        undecided.append(("gap", scores["gap"], gap_ci, min_gap))
+    distance, needed = {}, {}
+    for name, estimate, ci, threshold in undecided:
+        if ci is None:
+            continue
+        half = (ci[1] - ci[0]) / 2
+        distance[name] = half
+        away = abs(estimate - threshold)
+        needed[name] = int(np.ceil(n * (half / away) ** 2)) if away > 1e-9 else None
+    return verdict, {"seen": seen, "lost": lost, "undecided": [u[0] for u in undecided],
+                     "detectable_distance": distance, "n_needed": needed}
+
+
+def _side(ci, threshold: float, *, strict: bool = False) -> bool | None:
+    """True when the interval lies above the threshold (at or above unless `strict`), False when wholly below it,
+    None when it straddles it (or is missing)."""
+    if ci is None:
+        return None
+    if ci[0] > threshold or (not strict and ci[0] >= threshold):
+        return True
+    if ci[1] < threshold:
+        return False
+    return None
 
 
 def _slug(text: str) -> str:
@@ -403,23 +455,27 @@ def mcnemar(join: _Joined) -> tuple[dict, float]:
 
 
 def _description(run: dict) -> tuple[str, float | None]:
+    """The description prompt chosen on its inner (training-side) score, never its test skill."""
+    from ..probes.select import pick
+
     points = run["summary"].get("description", {}).get("points", [])
-    if not points:
-        return "", None
-    best = max(points, key=lambda p: p.get("skill") if p.get("skill") is not None else -np.inf)
-    return best["point"], best.get("skill")
+    chosen = pick([{**p, "pooling": "mean", "hyper": {"val_score": [p.get("inner_score")]}} for p in points])
+    return (chosen["point"], chosen.get("skill")) if chosen else ("", None)
 
 
 def stage_curve(matched: list[dict], summary: dict, *, vqa: dict) -> list[dict]:
     """Skill along the pipeline: vision points -> projector -> language-model points -> description -> answer.
 
-    Each probe point contributes its best pooling (by skill); every value carries its 95% CI."""
-    best: dict[str, dict] = {}
+    Each probe point contributes the pooling chosen on inner (training-side) scores (`probes.select.pick`), never
+    on test scores; every value carries its 95% CI."""
+    from ..probes.select import pick
+
+    by_key: dict[str, list[dict]] = {}
     for r in matched:
         key = f"{r['point']}/{r['pooling']}" if r["point"].startswith("lm.") else r["point"]  # image and last apart
-        if key not in best or r["skill"] > best[key]["skill"]:
-            best[key] = r
-    ranked = sorted(best.items(), key=lambda kv: (point_order(kv[1]["point"]), kv[1]["pooling"]))
+        by_key.setdefault(key, []).append(r)
+    chosen = {key: pick(rs) for key, rs in by_key.items()}
+    ranked = sorted(chosen.items(), key=lambda kv: (point_order(kv[1]["point"]), kv[1]["pooling"]))
     stages = [{"stage": _stage_of(r["point"]), "point": key, "pooling": r["pooling"], "skill": r["skill"],
                "skill_ci": r.get("skill_ci")} for key, r in ranked]
     for point in summary.get("description", {}).get("points", []):

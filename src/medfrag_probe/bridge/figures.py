@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 VERDICT_COLOURS = {"sound": "#2a9d3f", "reasoning-limited": "#e07b00", "vision-limited": "#c0392b",
-                   "both": "#7d3c98"}
+                   "both": "#7d3c98", "inconclusive": "#8c8c8c"}
 
 
 def _short(name: str) -> str:

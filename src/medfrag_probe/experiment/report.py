@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
+from ..probes.select import pick  # noqa: E402
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -257,7 +258,8 @@ def _robustness(doc: _Doc, study: _Study) -> None:
                "abstains blind"], rows,
               left=2)
     doc.text("Accuracy over all items (unanswered count wrong) and over answered items; spread of accuracy across "
-             "prompts; paraphrase flip rate over pairs of wordings (PSF-Med; negations apart); agreement of answers with and without the image; "
+             "prompts; paraphrase flip rate over pairs of wordings (PSF-Med; negations apart); agreement of answers "
+             "with and without the image; "
              "share of answers that change when the image is swapped for one of another class; quadrants of samples "
              "by consistency x image reliance. Definitions: medfrag_probe/vqa/measures.py.")
 
@@ -326,11 +328,10 @@ def _by_layer(study: _Study, path: Path) -> Path | None:
         names = sorted({r["point"] for u in units if u for r in _linear(study, u)}, key=point_order)
         x = {name: i for i, name in enumerate(names)}
         for model, unit in zip(study.model_order, units):
-            best = {}
+            by_point = defaultdict(list)
             for r in _linear(study, unit) if unit else []:
-                if r["point"] not in best or r["skill"] > best[r["point"]]["skill"]:
-                    best[r["point"]] = r
-            pts = sorted(best.values(), key=lambda r: point_order(r["point"]))
+                by_point[r["point"]].append(r)
+            pts = sorted((pick(rs) for rs in by_point.values()), key=lambda r: point_order(r["point"]))
             if pts:
                 ys = [p["skill"] for p in pts]
                 err = np.array([[p["skill"] - (p["skill_ci"] or [p["skill"]] * 2)[0],
@@ -362,12 +363,13 @@ def _by_field(name: str):
             for m, model in enumerate(study.model_order):
                 unit = study.unit(model, data)
                 rows = study.probes.get(unit["key"], []) if unit else []
-                best = [max([r["skill"] for r in rows if r[name] == v] or [np.nan]) for v in values]
-                ax.bar(np.arange(len(values)) + m * width, best, width, label=study.label.get(model, model))
+                chosen = [pick([r for r in rows if r[name] == v]) for v in values]
+                ax.bar(np.arange(len(values)) + m * width, [r["skill"] if r else np.nan for r in chosen], width,
+                       label=study.label.get(model, model))
             ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2)
             ax.set_xticklabels(values, fontsize=8)
             ax.set_title(study.task_label.get(data, data), fontsize=10)
-            ax.set_ylabel(f"best probe skill per {name}")
+            ax.set_ylabel(f"probe skill per {name}\n(point chosen on inner scores)", fontsize=8)
             ax.legend(fontsize=7)
         return _save(fig, path)
     return draw
@@ -379,17 +381,24 @@ def _by_k(study: _Study, path: Path) -> Path | None:
         for model in study.model_order:
             unit = study.unit(model, data)
             rows = [r for r in study.probes.get(unit["key"], []) if "@" in r["probe"]] if unit else []
+            anchor = pick(_linear(study, unit)) if unit else None  # the point the linear probe chose on inner scores
             by_k = defaultdict(list)
             for r in rows:
-                by_k[int(r["probe"].split("@")[1])].append(r["skill"])
+                by_k[int(r["probe"].split("@")[1])].append(r)
             ks = sorted(by_k)
-            ax.plot(ks, [max(by_k[k]) for k in ks], marker="o", label=study.label.get(model, model))
+            ax.plot(ks, [_at(by_k[k], anchor)["skill"] for k in ks], marker="o", label=study.label.get(model, model))
         ax.set_xscale("log")
         ax.set_xlabel("k")
-        ax.set_ylabel("best kNN skill")
+        ax.set_ylabel("kNN skill (point chosen on inner scores)", fontsize=8)
         ax.set_title(study.task_label.get(data, data), fontsize=10)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _at(rows: list[dict], anchor: dict | None) -> dict:
+    """The row at the anchor's point and pooling, else the preferred one (never chosen by test score)."""
+    same = [r for r in rows if anchor and (r["point"], r["pooling"]) == (anchor["point"], anchor["pooling"])]
+    return same[0] if same else pick(rows)
 
 
 def _by_prompt(study: _Study, path: Path) -> Path | None:
@@ -441,7 +450,7 @@ def _by_resolution(study: _Study, path: Path) -> Path | None:
         for model in study.model_order:
             units = [u for u in study.units if u["model"] == model and u["task_label"] == task]
             xs = [int(u["variant"].removesuffix("px")) for u in units]
-            probe = [max([r["skill"] for r in _linear(study, u)] or [np.nan]) for u in units]
+            probe = [(pick(_linear(study, u)) or {"skill": np.nan})["skill"] for u in units]
             (line,) = ax.plot(xs, probe, marker="o", label=f"{study.label.get(model, model)} probe")
             vqa = [study.vqa.get(u["key"], {}).get("classification", {}).get("skill") for u in units]
             if any(v is not None for v in vqa):

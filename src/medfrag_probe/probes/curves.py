@@ -19,7 +19,8 @@ def learning_curves(cache_path, points: list[tuple[str, str]], *, probes=("linea
                     folds: int = 5, seed: int = 0, replicates: int = 1000, device: str = "cpu",
                     out: str | Path | None = None) -> list[dict]:
     """For each (point, pooling) and probe: out-of-fold balanced accuracy when each training fold keeps at most
-    `n` samples per class (drawn with a fixed seed). Linear probes on fewer than 6 samples per class use C = 1."""
+    `n` samples per class (drawn with a fixed seed). Linear probes on fewer than 6 samples per class use C = 1. Rows
+    with NaN or inf features are left out, as `probe` leaves them out (`n_excluded`)."""
     from .figures import learning_curve_figure
     from .run import _task
 
@@ -28,15 +29,17 @@ def learning_curves(cache_path, points: list[tuple[str, str]], *, probes=("linea
     rows = []
     for point, pooling in points:
         X = task.cache.load(point, pooling, rows=task.rows).reshape(len(task.rows), -1)
+        finite = np.isfinite(X).all(1)
         for name in probes:
             for size in sizes:
-                proba = _curve_oof(task, X, name, size, seed=seed, device=device)
-                keep = task.eval_rows
+                proba = _curve_oof(task, X, finite, name, size, seed=seed, device=device)
+                keep = task.eval_rows[finite[task.eval_rows]]
                 y, p = task.labels[keep], proba[keep]
                 boot = bootstrap_scores(y, p, bootstrap_weights(task.groups[keep], replicates=replicates), K)
                 per_class = size or int(np.bincount(task.labels[task.plan.folds[0].train]).max())
                 rows.append({"cache": str(cache_path), "point": point, "pooling": pooling, "probe": name,
-                             "per_class": per_class, "all": size is None, "chance": 1 / K,
+                             "per_class": per_class, "n_excluded": int((~finite).sum()), "all": size is None,
+                             "chance": 1 / K,
                              "balanced_accuracy": point_scores(y, p, K)["balanced_accuracy"],
                              "ci": interval(boot["balanced_accuracy"])})
     if out is not None:
@@ -49,12 +52,13 @@ def learning_curves(cache_path, points: list[tuple[str, str]], *, probes=("linea
     return rows
 
 
-def _curve_oof(task, X, name, size, *, seed, device) -> np.ndarray:
+def _curve_oof(task, X, finite, name, size, *, seed, device) -> np.ndarray:
     K = len(task.names)
     proba = np.zeros((len(X), K), np.float32)
     rng = np.random.default_rng(seed)
     for fold in task.plan.folds:
-        train = _subsample(fold.train, task.labels, size, rng)
+        train = _subsample(fold.train[finite[fold.train]], task.labels, size, rng)
+        test = fold.test[finite[fold.test]]
         kwargs = {}
         if name == "linear":
             small = np.bincount(task.labels[train]).min() < 6
@@ -64,7 +68,8 @@ def _curve_oof(task, X, name, size, *, seed, device) -> np.ndarray:
             model = PROBES[name](device=device)
         model.fit(X[train], task.labels[train], **kwargs)
         present = np.unique(task.labels[train])
-        proba[np.ix_(fold.test, present)] = model.predict_proba(X[fold.test])
+        if len(test):
+            proba[np.ix_(test, present)] = model.predict_proba(X[test])
     return proba
 
 

@@ -31,9 +31,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     With `fit(X, y, groups=...)` C is chosen by `inner_folds`-fold stratified group CV on the training rows (balanced
     accuracy, the metric results report; ties to the stronger regularisation), each inner fold standardised on its
     own training rows, as the refit is on all of them; with `fit(X, y, X_val=..., y_val=...)` it is chosen on the
-    given validation rows. A single value in `Cs` skips the search. The grid is walked from strong to weak regularisation with warm
-    starts, and the walk stops once the held-out score has stayed below its best for `patience` consecutive values
-    (`patience=None` walks the whole grid): the weakly regularised end is the slow one and rarely wins.
+    given validation rows. A single value in `Cs` skips the search. The grid is walked from strong to weak
+    regularisation with warm starts, and the walk stops once the held-out score has stayed below its best for
+    `patience` consecutive values (`patience=None` walks the whole grid): the weakly regularised end is the slow one
+    and rarely wins.
 
         probe = LinearProbe().fit(X_train, y_train, groups=patients)
         probe.C_, probe.predict_proba(X_test)

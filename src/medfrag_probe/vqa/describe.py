@@ -134,7 +134,10 @@ def _probe(by_prompt, embed, *, source, task, method, out, seed, device) -> dict
             fh.create_dataset(f"emb/description.{prompt_id}/mean", data=embed([r.response for r in rs]))
     cache.with_suffix(".tmp").replace(cache)
     results = probe([cache], probes=("linear",), out=out, seed=seed, device=device, figures=False)
+    from ..probes.select import inner_score
+
     return {"method": method, "points": [{"point": r.point, "skill": r.skill, "skill_ci": r.skill_ci,
+                                          "inner_score": inner_score({"hyper": r.hyper}),
                                           "balanced_accuracy": r.balanced_accuracy,
                                           "balanced_accuracy_ci": r.balanced_accuracy_ci, "n": r.n,
                                           "predictions": r.predictions} for r in results],

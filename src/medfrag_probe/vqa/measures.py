@@ -19,7 +19,8 @@ normal interval `value +- 1.96 se`, clipped to [0, 1].
 - quadrants (per sample, over the paraphrase items, or the yes/no items when the task has no paraphrases):
   consistent = every answered item gives the same answer (after undoing negations); image reliance is judged on
   items answered both with and without the image (and under blank, and under swap where the swapped-in image
-  changes the expected answer, when present): reliant = at least one answer changes. Ideal = consistent and reliant, Fragile = inconsistent and reliant, Dangerous = consistent but not
+  changes the expected answer, when present): reliant = at least one answer changes. Ideal = consistent and
+  reliant, Fragile = inconsistent and reliant, Dangerous = consistent but not
   reliant, Worst = neither; a sample whose items are all answered with the image but none without it is
   `Abstains-blind` (it refuses or hedges without the image: it neither relies on the image nor ignores it).
 - classification: each sample's class is the majority of the classes its answers name under the image condition
@@ -185,7 +186,7 @@ def paraphrase_flips(records) -> dict:
     pairs (definitions in the module docstring)."""
     groups = _paraphrase_groups(records)
     pairs, pair_ids, sets, set_ids, neg, neg_ids = [], [], [], [], [], []
-    for (sample, _group), items in groups.items():
+    for items in groups.values():
         answered = [(r, negated) for r, negated in items if r.answer_kind == "answer" and r.parsed in ("yes", "no")]
         plain = [r.parsed for r, negated in answered if not negated]
         negated = [_invert(r.parsed) for r, n in answered if n]

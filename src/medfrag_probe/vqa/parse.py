@@ -84,7 +84,8 @@ def _no_answer(text: str) -> Parsed:
     return Parsed(None, "unknown")
 
 
-_YES_WORDS = r"yes|yeah|yep|yup|affirmative|correct|indeed|absolutely|definitely|certainly|s[ií]|oui|ja|sim|да|是|是的|有|はい|네|evet"
+_YES_WORDS = (r"yes|yeah|yep|yup|affirmative|correct|indeed|absolutely|definitely|certainly|"
+              r"s[ií]|oui|ja|sim|да|是|是的|有|はい|네|evet")
 _NO_WORDS = r"no|nope|negative|non|nein|n[ãa]o|нет|否|不是|没有|いいえ|아니요|hayır"
 # a yes/no word standing alone as the answer: followed by punctuation, the end, or the start of a new statement
 _BARE = re.compile(rf"^(?:(?:well|so|ok|okay|hmm|answer|the answer)\s*[,:]?\s*)?(?P<word>{_YES_WORDS}|{_NO_WORDS})"
@@ -102,8 +103,10 @@ _NEG_BEFORE = re.compile(r"(?:\bno|\bnot|\bnor|\bneither|\bwithout|\bnegative (?
                          r"wasn't|weren't|is not|are not|was not|were not|unable to) (?:\w+ ){0,3}?)"
                          r"(?:\s+(?:\w+\s+){0,4})?$")
 _NEG_AFTER = re.compile(r"^\W*(?:\w+\s+){0,2}?(?:is|are|was|were|appears?|seems?)?\s*(?:not|absent|unlikely|"
-                        r"ruled out|excluded|negative|not (?:seen|present|visible|identified|detected|evident|noted))\b")
-_HEDGE_NEAR = re.compile(r"\b(?:may|might|could|possibl[ey]|perhaps|maybe|cannot (?:be )?(?:excluded|ruled out|rule out)|"
+                        r"ruled out|excluded|negative|"
+                        r"not (?:seen|present|visible|identified|detected|evident|noted))\b")
+_HEDGE_NEAR = re.compile(r"\b(?:may|might|could|possibl[ey]|perhaps|maybe|"
+                         r"cannot (?:be )?(?:excluded|ruled out|rule out)|"
                          r"can't (?:be )?(?:excluded|ruled out|rule out)|not (?:entirely )?(?:sure|certain|clear)|"
                          r"uncertain|unclear|equivocal|questionable|suspicious for|difficult to|hard to)\b")
 _ABSENT = re.compile(r"^(?:there (?:is|are) no|there's no|no (?:evidence|signs?|sign|indication|findings?)|"
@@ -222,7 +225,7 @@ def _read_yes_no(text: str, target: dict | None) -> Parsed | None:
     if said:
         return Parsed(said[0], "answer")
     yes = re.findall(rf"(?<![\w-])(?:{_YES_WORDS})(?![\w-])", text)
-    no = re.findall(rf"(?<![\w-])(?:no|nope)(?=\s*(?:[.!,;]|$))", text)
+    no = re.findall(r"(?<![\w-])(?:no|nope)(?=\s*(?:[.!,;]|$))", text)
     if bool(yes) != bool(no):
         return Parsed("yes" if yes else "no", "answer")
     return None
@@ -302,7 +305,8 @@ def _letters(text: str, letters: Mapping[str, str]) -> set[str]:
     return found
 
 
-_DISCOUNTED_AFTER = re.compile(r"^\s*(?:[a-z]+\s+){0,2}?(?:is|are|was|seems?|appears?)?\s*(?:very |highly )?(?:unlikely|less likely|"
+_DISCOUNTED_AFTER = re.compile(r"^\s*(?:[a-z]+\s+){0,2}?(?:is|are|was|seems?|appears?)?\s*(?:very |highly )?"
+                               r"(?:unlikely|less likely|"
                                r"ruled out|excluded|not (?:likely|present|seen|supported|favou?red)|absent)\b")
 
 
