@@ -42,6 +42,41 @@ def test_imagefolder_with_split_level(tmp_path):
     assert source.classes == ("a", "b")
 
 
+def test_imagefolder_patient_ids_from_file_names(tmp_path):
+    for cls, names in {"NORMAL": ["IM-0115-0001.jpeg", "IM-0115-0002.jpeg", "NORMAL2-IM-0012-0001.jpeg"],
+                       "PNEUMONIA": ["person1_bacteria_1.jpeg", "person1_virus_6.jpeg", "person22_bacteria_74.jpeg"]
+                       }.items():
+        for name in names:
+            _png(tmp_path / cls / name)
+    source = open_source(f"imagefolder:{tmp_path}?group=^((?:NORMAL2-)?IM-\\d+|person\\d+)")  # `+` kept as written
+    assert [s.group for s in source.samples] == ["IM-0115", "IM-0115", "NORMAL2-IM-0012", "person1", "person1",
+                                                 "person22"]
+    plain = open_source(f"imagefolder:{tmp_path}")
+    assert [s.group for s in plain.samples] == [s.id for s in plain.samples]  # no pattern: each image its own patient
+    assert plain.fingerprint() == source.fingerprint()  # same images, same labels
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("person(", "not a valid regular expression"), ("person\\d+", "exactly one capture group"),
+    ("^(person\\d+)_", "finds no patient id in file name 'IM-1.png'"),
+])
+def test_imagefolder_bad_patient_pattern(tmp_path, pattern, message):
+    _png(tmp_path / "a" / "IM-1.png")
+    _png(tmp_path / "b" / "person2_x.png")
+    with pytest.raises(UserError, match=message):
+        open_source(f"imagefolder:{tmp_path}?group={pattern}")
+
+
+def test_a_study_warns_once_where_data_has_no_patient_ids(tmp_path, capsys):
+    from medfrag_probe.experiment.runner import warn_image_level
+
+    _png(tmp_path / "a" / "x1.png")
+    _png(tmp_path / "b" / "x2.png")
+    flat = warn_image_level([f"imagefolder:{tmp_path}", "synth:brain-mri?n=24"])
+    assert flat == [f"imagefolder:{tmp_path}"]
+    assert capsys.readouterr().err.count("image-level") == 1
+
+
 def test_manifest_csv_and_jsonl_agree(tmp_path):
     rows = [("img/a.png", "glioma", "p1", "train"), ("img/b.png", "no_tumor", "p1", "train"),
             ("img/c.png", "glioma", "p2", "test")]

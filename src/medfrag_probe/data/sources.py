@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +118,39 @@ class FileSource(DataSource):
         return load_image(self.root / self.samples[index].path, nifti_slice=self.nifti_slice)
 
 
+def patient_pattern(spec: Spec) -> re.Pattern | None:
+    """The `group=REGEX` parameter, read raw from the spec (no URL decoding, so `+` stays `+`; `&` ends it): a regular
+    expression with exactly one capture group, searched in each file name, whose match is the patient id."""
+    found = re.search(r"[?&]group=([^&]*)", spec.text)
+    if not found:
+        return None
+    try:
+        pattern = re.compile(found.group(1))
+    except re.error as exc:
+        raise UserError(f"{spec.text}: group={found.group(1)!r} is not a valid regular expression ({exc})") from None
+    if pattern.groups != 1:
+        raise UserError(f"{spec.text}: group={found.group(1)!r} must have exactly one capture group (the patient "
+                        f"id), it has {pattern.groups}")
+    return pattern
+
+
+def _patient(pattern: re.Pattern | None, path: Path, rel: str, spec: Spec) -> str:
+    if pattern is None:
+        return rel
+    match = pattern.search(path.name)
+    if match is None or not match.group(1):
+        raise UserError(f"{spec.text}: the group pattern {pattern.pattern!r} finds no patient id in file name "
+                        f"{path.name!r} ({rel})")
+    return match.group(1)
+
+
 @register_source("imagefolder")
 def imagefolder(spec: Spec) -> DataSource:
-    """`imagefolder:DIR`: DIR/CLASS/* or DIR/{train,val,test}/CLASS/*; ids are paths relative to DIR."""
-    spec.check_params({"slice"})
+    """`imagefolder:DIR[?group=REGEX]`: DIR/CLASS/* or DIR/{train,val,test}/CLASS/*; ids are paths relative to DIR.
+    Without `group` every image is its own patient; with it the patient id is the regex's one capture group searched
+    in the file name (e.g. `group=^(person\d+)_` for Kermany's chest X-rays)."""
+    spec.check_params({"slice", "group"})
+    pattern = patient_pattern(spec)
     root = Path(spec.target).expanduser()
     if not root.is_dir():
         raise UserError(f"imagefolder: {root} is not a directory")
@@ -143,7 +173,8 @@ def imagefolder(spec: Spec) -> DataSource:
             files = sorted(f for f in found if f.is_file() and has_image_suffix(f))
             for f in files:
                 rel = f.relative_to(root).as_posix()
-                samples.append(Sample(id=rel, label=index[name], group=rel, split=split, path=rel))
+                samples.append(Sample(id=rel, label=index[name], group=_patient(pattern, f, rel, spec), split=split,
+                                      path=rel))
     return FileSource(spec, root, samples, tuple(class_names))
 
 

@@ -82,6 +82,7 @@ def run(config, *, out: str | Path | None = None) -> dict:
         shutil.copyfile(config.path, out / "config.yaml")
     stamps, log = _Stamps(out), []
     units = plan_units(config)
+    warn_image_level(dict.fromkeys(u.data for u in units))
     start = time.perf_counter()
     for unit in units:
         stamps_of = {"model": model_stamp(unit.model.spec), "data_fingerprint": data_stamp(unit.data)}
@@ -140,6 +141,23 @@ def model_stamp(spec: str) -> dict:
         files = {str(p.relative_to(local) if local.is_dir() else p.name): [p.stat().st_size, int(p.stat().st_mtime)]
                  for p in paths if not p.name.startswith(".")}
     return {"spec": spec, "resolved": parsed.kind + ":" + parsed.target, "files": files}
+
+
+def warn_image_level(datas) -> list[str]:
+    """One warning for the data specs whose samples carry no patient ids: their intervals and splits are image-level
+    (images of one patient may straddle folds). Returns those specs."""
+    from ..data.sources import open_source
+
+    flat = []
+    for data in datas:
+        samples = open_source(data).samples
+        if len({s.group for s in samples}) == len(samples):
+            flat.append(data)
+    if flat:
+        info(f"warning: no patient ids in {', '.join(flat)}: splits, controls and intervals are image-level; give "
+             "patient ids (imagefolder:DIR?group=REGEX, or a manifest with a group column) where images share "
+             "patients")
+    return flat
 
 
 def data_stamp(data: str) -> str:
