@@ -291,14 +291,16 @@ def test_paired_difference_detects_a_small_consistent_gain(tmp_path):
 
     X, y = gaussian(1200, 8, separation=1.6, seed=7)
     better = X.copy()
-    better[:, 0] += 0.5 * (2 * y - 1)  # a larger class shift: genuinely more separable
+    better[:, 0] += 0.15 * (2 * y - 1)  # a slightly larger class shift: genuinely, a little, more separable
     groups = np.arange(1200) // 3
     path = write_cache(tmp_path / "c.h5", {"weak": X, "strong": better}, y, groups=groups)
     results = {r.point: r for r in probe([path], probes="linear", out=tmp_path / "o", figures=False, controls=False)}
     diff = paired_difference(results["strong"].predictions, results["weak"].predictions)
     assert diff["n"] == 1200 and diff["delta"] > 0 and diff["delta_ci"][0] > 0
-    same = paired_difference(results["weak"].predictions, results["weak"].predictions)
-    assert same["delta"] == 0 and same["delta_ci"] == [0.0, 0.0]
+    # pairing is what makes the gain visible: the two marginal intervals overlap, the paired one excludes 0
+    weak, strong = results["weak"].balanced_accuracy_ci, results["strong"].balanced_accuracy_ci
+    assert strong[0] < weak[1]
+    assert diff["delta_ci"][1] - diff["delta_ci"][0] < 0.6 * ((strong[1] - strong[0]) + (weak[1] - weak[0]))
     with pytest.raises(UserError, match="unknown metric"):
         paired_difference(results["weak"].predictions, results["weak"].predictions, metric="kappa")
 
@@ -319,3 +321,21 @@ def test_learning_curves_leave_out_nan_rows_as_probe_does(tmp_path):
                            replicates=100)
     assert [r["n_excluded"] for r in rows] == [4, 4]
     assert all(np.isfinite(r["balanced_accuracy"]) and r["balanced_accuracy"] > 0.8 for r in rows)
+
+
+def test_calibration_bench_small_version():
+    """The bench's generators mean what they say: no signal scores at chance, a known signal near its Bayes level."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("calibration", Path(__file__).parent / "bench" / "calibration.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    X, y, groups = bench.dataset(0, separation=0.0)
+    assert X.shape == (480, 32) and len(np.unique(groups)) == 80
+    assert all(len(set(y[groups == g])) == 1 for g in range(80))  # labels per patient
+    result = bench.calibration(8, probes=("knn",), replicates=200)
+    assert abs(result["null_mean"]["knn"] - 0.5) < 0.05
+    assert result["bayes_accuracy"] == pytest.approx(0.7734, abs=1e-3)
+    assert result["null_mean"]["knn"] + 0.04 < result["signal_mean"]["knn"] < result["bayes_accuracy"] + 0.03
+    assert set(result["null_exclusion"]) == set(result["coverage"]) == {"knn"}
