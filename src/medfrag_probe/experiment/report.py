@@ -38,7 +38,7 @@ th,td{padding:4px 7px;border-bottom:1px solid #e5e8ee;text-align:right;white-spa
 th{background:#eef1f6;text-align:center;font-weight:600} td.l,th.l{text-align:left}
 .v{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
 .sound{background:#2a9d3f}.reasoning-limited{background:#e07b00}.vision-limited{background:#c0392b}
-.both{background:#7d3c98} figure{margin:8px 0 18px;background:#fff;padding:10px;box-shadow:0 1px 2px #0001}
+.both{background:#7d3c98}.inconclusive{background:#8c8c8c} figure{margin:8px 0 18px;background:#fff;padding:10px;box-shadow:0 1px 2px #0001}
 figure img{max-width:100%;height:auto;display:block;margin:auto} figcaption{font-size:12px;color:#5a6475;
 margin-top:6px} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:12px}
 .grid figure{margin:0} pre{background:#fff;padding:12px;font-size:12px;overflow:auto;box-shadow:0 1px 2px #0001}
@@ -190,10 +190,13 @@ def _verdicts(doc: _Doc, study: _Study) -> None:
         doc.text("No bridge results (no VQA stage in this study, or no vision-language model): probe results only.")
         return
     rule = study.bridge[0].get("rule", {})
-    doc.text(f"Verdict rule: the signal is seen when the lower 95% CI bound of the probe (or VQA) skill is at least "
-             f"{rule.get('seen_skill')}; the answer loses it when the lower bound of the gap (probe - VQA) exceeds "
-             f"{rule.get('min_gap')}. sound = seen, not lost; reasoning-limited = seen and lost; vision-limited = "
-             "not seen, not lost; both = not seen and lost. CIs: patient-level paired bootstrap.")
+    doc.text(f"Verdict rule (a side is decided only when its 95% CI lies wholly on one side of its threshold): seen "
+             f"when the lower bound of the probe (or VQA) skill is at least {rule.get('seen_skill')}, not seen when the "
+             f"probe skill's upper bound is below it; lost when the gap (probe - VQA) has its lower bound above "
+             f"{rule.get('min_gap')}, kept when its upper bound is below it. reasoning-limited = seen and lost; sound = "
+             "seen and kept; both = not seen and lost; vision-limited = not seen, loss not shown; otherwise "
+             "inconclusive (the bridge record says which side is undecided and about how many samples would decide "
+             "it). CIs: patient-level paired bootstrap.")
     rows = []
     by = {(r["model"], r["data"]): r for r in study.bridge}
     for data in study.data_order:
@@ -204,9 +207,9 @@ def _verdicts(doc: _Doc, study: _Study) -> None:
                              _with_ci(r["probe_skill"], r["probe_skill_ci"]), _with_ci(r["vqa_skill"],
                                                                                       r["vqa_skill_ci"]),
                              _with_ci(r["gap"], r["gap_ci"]), r["verdict"], f"{r['mcnemar_p']:.2g}",
-                             f"{r['recoverable_errors']} / {r['n']}"])
+                             f"{r['recoverable_errors']} / {r['n']}", _to_decide(r)])
     doc.table(["task", "model", "probe point", "probe skill [95% CI]", "VQA skill [95% CI]", "gap [95% CI]",
-               "verdict", "McNemar p", "recoverable / n"], rows, left=3)
+               "verdict", "McNemar p", "recoverable / n", "n to decide"], rows, left=3)
     doc.figure(study.bridge_dir / "figures" / "ladder.png",
                "Difficulty ladder: tasks in configured order; probe skill (filled) and VQA skill (open) per model.")
     doc.figure(study.bridge_dir / "figures" / "probe_vs_vqa.png",
@@ -214,6 +217,12 @@ def _verdicts(doc: _Doc, study: _Study) -> None:
     doc.figure(study.bridge_dir / "figures" / "stage_curves.png",
                "Stage curves: skill along vision blocks, projector, language model, description and answer (95% CI "
                "bands; dotted line: the point the language model reads).")
+
+
+def _to_decide(record: dict) -> str:
+    """For an inconclusive verdict: about how many samples would decide each undecided side."""
+    needed = record.get("n_needed") or {}
+    return ", ".join(f"{side}: ~{n}" if n else f"{side}: at threshold" for side, n in needed.items())
 
 
 def _pairs(doc: _Doc, study: _Study) -> None:
