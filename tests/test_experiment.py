@@ -127,6 +127,21 @@ def test_report_has_every_section_and_embedded_figures(tmp_path):
     ({"sweep": {"factor": "resolution"}}, "sweep over resolution needs 'values'"),
     ({"vqa": {"conditions": ["image", "bogus"]}}, "vqa: unknown condition 'bogus'"),
     ({"tasks": ["no-such-task"]}, "unknown task 'no-such-task'"),
+    # labels name folders under `out`: nothing may climb out of it or nest
+    ({"models": [{"spec": "tiny:llava", "label": "../../../x/ESCAPED"}]}, r"models\[0\].label '../../../x/ESCAPED' "
+                                                                          "is not a valid label"),
+    ({"models": [{"spec": "tiny:llava", "label": "ViT-B/16"}]}, "'ViT-B/16' is not a valid label"),
+    ({"models": [{"spec": "tiny:llava", "label": "/tmp/abs"}]}, "'/tmp/abs' is not a valid label"),
+    ({"models": [{"spec": "tiny:llava", "label": "<script>"}]}, "'<script>' is not a valid label"),
+    ({"tasks": [{"task": "synth-brain-mri", "label": "a/../../b"}]}, r"tasks\[0\].label 'a/../../b' is not a valid"),
+    ({"name": "../up"}, "name '../up' is not a valid label"),
+    ({"name": ["a", "b"]}, "name must be a single value"),
+    # booleans are YAML booleans: a string "no" must never switch remote code on
+    ({"models": [{"spec": "tiny:llava", "trust_remote_code": "no"}]}, r"models\[0\].trust_remote_code must be "
+                                                                      "true or false, got 'no'"),
+    ({"controls": "no"}, "controls must be true or false, got 'no'"),
+    ({"extract": {"batch_size": "lots"}}, "extract.batch_size must be an integer >= 1, got 'lots'"),
+    ({"extract": {"device": ["cpu"]}}, "extract.device must be a single value"),
 ])
 def test_a_bad_config_gets_a_one_line_error_naming_the_key(tmp_path, change, message):
     path = _write(tmp_path, {**SMALL, **change})

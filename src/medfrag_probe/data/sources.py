@@ -148,7 +148,7 @@ def _patient(pattern: re.Pattern | None, path: Path, rel: str, spec: Spec) -> st
 def imagefolder(spec: Spec) -> DataSource:
     """`imagefolder:DIR[?group=REGEX]`: DIR/CLASS/* or DIR/{train,val,test}/CLASS/*; ids are paths relative to DIR.
     Without `group` every image is its own patient; with it the patient id is the regex's one capture group searched
-    in the file name (e.g. `group=^(person\d+)_` for Kermany's chest X-rays)."""
+    in the file name (e.g. `group=^(person\\d+)_` for Kermany's chest X-rays)."""
     spec.check_params({"slice", "group"})
     pattern = patient_pattern(spec)
     root = Path(spec.target).expanduser()

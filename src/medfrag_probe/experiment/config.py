@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,30 @@ def _int(value, path, where: str, *, low: int = 1) -> int:
     return value
 
 
+def _bool(value, path, where: str) -> bool:
+    """A real YAML boolean (true/false): a string such as "no" is refused, never read as true."""
+    if not isinstance(value, bool):
+        raise _fail(path, f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def _text(value, path, where: str) -> str:
+    """A scalar written as text (a string or a number), never a list or mapping."""
+    if isinstance(value, (dict, list, tuple, set)) or value is None:
+        raise _fail(path, f"{where} must be a single value, got {value!r}")
+    return str(value)
+
+
+LABEL_RULE = "1-80 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def _check_label(label: str, path, where: str) -> str:
+    """Labels name folders under the study's `out`: no path separators, no `..`, nothing a shell or browser reads."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", label) or ".." in label:
+        raise _fail(path, f"{where} {label!r} is not a valid label; use {LABEL_RULE}")
+    return label
+
+
 def _listish(value, path, where: str) -> list:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
@@ -137,7 +162,7 @@ def validate(raw, path) -> Config:
     for required in ("models", "tasks"):
         if not raw.get(required):
             raise _fail(path, f"'{required}' is required (a non-empty list)")
-    name = str(raw.get("name") or Path(path).stem)
+    name = _check_label(_text(raw.get("name") or Path(path).stem, path, "name"), path, "name")
     models = [_model(m, path, i) for i, m in enumerate(_listish(raw["models"], path, "models"))]
     _unique([m.label for m in models], path, "model label")
     tasks = [_task(t, path, i) for i, t in enumerate(_listish(raw["tasks"], path, "tasks"))]
@@ -165,8 +190,8 @@ def validate(raw, path) -> Config:
         poolings=",".join(_listish(poolings, path, "poolings")) if poolings else None, probes=probes,
         folds=_int(raw.get("folds", 5), path, "folds", low=2),
         replicates=_int(raw.get("replicates", 1000), path, "replicates", low=10),
-        controls=bool(raw.get("controls", True)), seeds=seeds,
-        extract=dict(_keys(raw.get("extract") or {}, EXTRACT_KEYS, path, "extract")),
+        controls=_bool(raw.get("controls", True), path, "controls"), seeds=seeds,
+        extract=_check_extract(dict(_keys(raw.get("extract") or {}, EXTRACT_KEYS, path, "extract")), path),
         vqa=vqa if vqa is not False else None,
         bridge=dict(_keys(raw.get("bridge") or {}, BRIDGE_KEYS, path, "bridge")), sweep=sweep, raw=raw)
 
@@ -183,9 +208,13 @@ def _model(entry, path, index: int) -> ModelEntry:
     entry = _keys(entry, MODEL_KEYS, path, f"models[{index}]")
     if not entry.get("spec"):
         raise _fail(path, f"models[{index}] needs 'spec'")
-    spec = str(entry["spec"])
-    return ModelEntry(spec=spec, label=str(entry.get("label") or _label(spec)), dtype=str(entry.get("dtype",
-                      "float32")), trust_remote_code=bool(entry.get("trust_remote_code", False)))
+    spec = _text(entry["spec"], path, f"models[{index}].spec")
+    label = _check_label(_text(entry.get("label") or _label(spec), path, f"models[{index}].label"), path,
+                         f"models[{index}].label")
+    dtype = _text(entry.get("dtype", "float32"), path, f"models[{index}].dtype")
+    return ModelEntry(spec=spec, label=label, dtype=dtype,
+                      trust_remote_code=_bool(entry.get("trust_remote_code", False), path,
+                                              f"models[{index}].trust_remote_code"))
 
 
 def _label(spec: str) -> str:
@@ -206,7 +235,9 @@ def _task(entry, path, index: int) -> TaskEntry:
     data = str(entry.get("data") or task.data)
     if not data:
         raise _fail(path, f"tasks[{index}] ({task.name}) needs 'data' (its task file names no data)")
-    return TaskEntry(task=str(entry["task"]), data=data, label=str(entry.get("label") or task.name))
+    label = _check_label(_text(entry.get("label") or task.name, path, f"tasks[{index}].label"), path,
+                         f"tasks[{index}].label")
+    return TaskEntry(task=str(entry["task"]), data=data, label=label)
 
 
 def _pair(entry, models: list[ModelEntry], path) -> tuple[str, str]:
@@ -218,6 +249,16 @@ def _pair(entry, models: list[ModelEntry], path) -> tuple[str, str]:
             raise _fail(path, f"pair member {side!r} is not a listed model; models: "
                               f"{', '.join(m.label for m in models)}")
     return names[entry[0]], names[entry[1]]
+
+
+def _check_extract(extract: dict, path) -> dict:
+    for key in ("batch_size", "workers"):
+        if key in extract:
+            _int(extract[key], path, f"extract.{key}", low=0 if key == "workers" else 1)
+    for key in ("device", "dtype", "store_dtype", "prompt"):
+        if key in extract:
+            _text(extract[key], path, f"extract.{key}")
+    return extract
 
 
 def _check_vqa(vqa: dict, path) -> None:

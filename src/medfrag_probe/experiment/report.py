@@ -38,7 +38,8 @@ th,td{padding:4px 7px;border-bottom:1px solid #e5e8ee;text-align:right;white-spa
 th{background:#eef1f6;text-align:center;font-weight:600} td.l,th.l{text-align:left}
 .v{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
 .sound{background:#2a9d3f}.reasoning-limited{background:#e07b00}.vision-limited{background:#c0392b}
-.both{background:#7d3c98}.inconclusive{background:#8c8c8c} figure{margin:8px 0 18px;background:#fff;padding:10px;box-shadow:0 1px 2px #0001}
+.both{background:#7d3c98}.inconclusive{background:#8c8c8c}
+figure{margin:8px 0 18px;background:#fff;padding:10px;box-shadow:0 1px 2px #0001}
 figure img{max-width:100%;height:auto;display:block;margin:auto} figcaption{font-size:12px;color:#5a6475;
 margin-top:6px} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:12px}
 .grid figure{margin:0} pre{background:#fff;padding:12px;font-size:12px;overflow:auto;box-shadow:0 1px 2px #0001}
@@ -190,10 +191,11 @@ def _verdicts(doc: _Doc, study: _Study) -> None:
         doc.text("No bridge results (no VQA stage in this study, or no vision-language model): probe results only.")
         return
     rule = study.bridge[0].get("rule", {})
-    doc.text(f"Verdict rule (a side is decided only when its 95% CI lies wholly on one side of its threshold): seen "
-             f"when the lower bound of the probe (or VQA) skill is at least {rule.get('seen_skill')}, not seen when the "
-             f"probe skill's upper bound is below it; lost when the gap (probe - VQA) has its lower bound above "
-             f"{rule.get('min_gap')}, kept when its upper bound is below it. reasoning-limited = seen and lost; sound = "
+    doc.text(f"Verdict rule (a side is decided only when its 95% CI lies wholly on one side of its threshold): "
+             f"seen when the lower bound of the probe (or VQA) skill is at least {rule.get('seen_skill')}, not seen "
+             f"when the probe skill's upper bound is below it; lost when the gap (probe - VQA) has its lower bound "
+             f"above {rule.get('min_gap')}, kept when its upper bound is below it. reasoning-limited = seen and lost; "
+             "sound = "
              "seen and kept; both = not seen and lost; vision-limited = not seen, loss not shown; otherwise "
              "inconclusive (the bridge record says which side is undecided and about how many samples would decide "
              "it). CIs: patient-level paired bootstrap.")
