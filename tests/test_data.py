@@ -122,8 +122,9 @@ def test_medmnist_multilabel_refused(tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("nope:x", "unknown data kind 'nope'"), ("synth:liver", "unknown synth task 'liver'"),
-    ("synth:brain-mri?n=0", "n must be >= 1"), ("synth:brain-mri?difficulty=2", "difficulty must be in"),
+    ("synth:brain-mri?n=0", "n must be in 1.."), ("synth:brain-mri?difficulty=2", "difficulty must be in"),
     ("synth:brain-mri?colour=red", "unknown parameter 'colour'"), ("imagefolder:/no/such/dir", "not a directory"),
+    ("synth:brain-mri?n=99999999999999999999", "n must be in 1..10,000,000"),
     ("brain-mri", "no kind prefix"),
 ])
 def test_bad_data_specs(spec, message):

@@ -339,3 +339,16 @@ def test_calibration_bench_small_version():
     assert result["bayes_accuracy"] == pytest.approx(0.7734, abs=1e-3)
     assert result["null_mean"]["knn"] + 0.04 < result["signal_mean"]["knn"] < result["bayes_accuracy"] + 0.03
     assert set(result["null_exclusion"]) == set(result["coverage"]) == {"knn"}
+
+
+def test_an_all_nan_point_is_skipped_and_the_others_kept(tmp_path, capsys):
+    X, y = gaussian(200, 6, separation=3.0)
+    broken = np.full_like(X, np.nan)
+    path = write_cache(tmp_path / "c.h5", {"good": X, "broken": broken}, y)
+    results = probe([path], probes="linear", out=tmp_path / "o", figures=False, controls=False, replicates=50)
+    assert [r.point for r in results] == ["good"] and results[0].balanced_accuracy > 0.9
+    assert "broken/mean linear: skipped, every row has NaN or inf values" in capsys.readouterr().err
+    assert (tmp_path / "o" / "results.jsonl").read_text().count("\n") == 1
+    with pytest.raises(UserError, match="every selected"):
+        probe([write_cache(tmp_path / "b.h5", {"broken": broken}, y)], probes="knn", out=tmp_path / "b",
+              figures=False)

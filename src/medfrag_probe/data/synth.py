@@ -167,6 +167,9 @@ def _histo(prng, irng, label, difficulty, size):
     return _to_uint8(np.clip(img, 0, 1))
 
 
+MAX_N = 10_000_000  # images are rendered on demand, but ids, labels and patients are held in memory
+
+
 class SynthSource(DataSource):
     """A `synth:` task rendered on demand."""
 
@@ -186,7 +189,8 @@ class SynthSource(DataSource):
         self.samples = self._make_samples(bool(spec.get("splits", 0, int)))
 
     def _validate(self, splits: int) -> None:
-        checks = [(self.n >= 1, "n must be >= 1"), (0 <= self.difficulty <= 1, "difficulty must be in [0, 1]"),
+        checks = [(1 <= self.n <= MAX_N, f"n must be in 1..{MAX_N:,}"),
+                  (0 <= self.difficulty <= 1, "difficulty must be in [0, 1]"),
                   (8 <= self.size <= 1024, "size must be in 8..1024"),
                   (self.per_patient >= 1, "per_patient must be >= 1"),
                   (splits in (0, 1), "splits must be 0 or 1")]

@@ -124,6 +124,8 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
                     info(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
                          f"{result.balanced_accuracy:.3f} {_fmt(result.balanced_accuracy_ci)} ({result.split})")
         _write(results, out)
+    if not results:
+        raise UserError("no probe result: every selected (point, pooling) has only NaN or inf values")
     if figures and results:
         from .figures import layer_curves
 
@@ -133,6 +135,7 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
 
 def _fmt(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
 
 
 def _check_probes(probes) -> list[str]:
@@ -189,8 +192,9 @@ def _features(task: _Task, point: str, pooling: str) -> tuple[np.ndarray, np.nda
 def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks, device) -> list[ProbeResult]:
     start = time.perf_counter()
     X, finite = _features(task, point, pooling)
-    if not finite.any():
-        raise UserError(f"{task.cache.path} {point}/{pooling}: every row has NaN or inf values")
+    if not finite.any():  # one broken point must not cost the finished ones: skip it with a note
+        info(f"probe {task.cache.path.name} {point}/{pooling} {name}: skipped, every row has NaN or inf values")
+        return []
     k_values = sorted(set(ks)) if (ks and name.startswith("knn")) else [None]
     oof, hyper = _fit_predict(task, X, finite, task.labels, name, k_values, seed=seed, device=device)
     shuffled = None
