@@ -103,6 +103,26 @@ def test_manifest_errors_name_the_problem(tmp_path, content, message):
         open_source(f"manifest:{tmp_path / 'm.csv'}")
 
 
+def test_manifest_with_an_excel_byte_order_mark_reads_like_plain_utf8(tmp_path):
+    _png(tmp_path / "x.png")
+    _png(tmp_path / "y.png")
+    (tmp_path / "m.csv").write_bytes("\ufeffpath,label,group\nx.png,glioma,p1\ny.png,méningiome,p2\n".encode())
+    source = open_source(f"manifest:{tmp_path / 'm.csv'}")
+    assert source.classes == ("glioma", "méningiome") and [s.group for s in source.samples] == ["p1", "p2"]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("m.csv", "path,label\nx.png,m\xe9ningiome\n".encode("latin-1"), r"line 2: not UTF-8 \(byte 0xe9\)"),
+    ("m.csv", b"path,label,group\nx.png,a,p1\ny.png,b\n", "row 3: 2 values for 3 columns"),
+    ("m.jsonl", b'{"path": "x.png", "label": "a"}\n{"path": "y.png", "label": null}\n', "row 2: empty label"),
+    ("m.jsonl", b'{"path": "x.png", "label": "a"}\n["y.png", "b"]\n', "line 2: a row must be a JSON object"),
+])
+def test_damaged_manifests_get_a_clear_error(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        open_source(f"manifest:{tmp_path / name}")
+
+
 def test_medmnist_npz(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "m.npz", train_images=rng.integers(0, 255, (6, 28, 28), dtype=np.uint8),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable
@@ -192,10 +193,11 @@ def manifest(spec: Spec) -> DataSource:
     if missing:
         raise UserError(f"manifest {path} lacks column {missing[0]!r}; columns: path,label[,group][,split][,id]; "
                         f"found: {','.join(rows[0])}")
-    class_names = _class_names([str(r["label"]).strip() for r in rows], path)
+    first = 2 if path.suffix.lower() == ".csv" else 1  # CSV rows start after the header line
+    class_names = _class_names([_label_text(r["label"]) for r in rows], path, first=first)
     index = {name: i for i, name in enumerate(class_names)}
     samples, seen = [], set()
-    for line, row in enumerate(rows, start=2):
+    for line, row in enumerate(rows, start=first):
         rel = str(row["path"]).strip()
         sid = str(row.get("id") or rel).strip()
         if not rel:
@@ -205,30 +207,59 @@ def manifest(spec: Spec) -> DataSource:
         seen.add(sid)
         group = str(row.get("group") or "").strip() or sid
         split = _normal_split(str(row.get("split") or ""), f"manifest {path} row {line}")
-        samples.append(Sample(id=sid, label=index[str(row["label"]).strip()], group=group, split=split, path=rel))
+        samples.append(Sample(id=sid, label=index[_label_text(row["label"])], group=group, split=split, path=rel))
     return FileSource(spec, path.parent, samples, tuple(class_names))
 
 
+def _read_text(path: Path) -> str:
+    """The manifest as text: UTF-8, with or without a byte-order mark (Excel exports one); other encodings are refused
+    with the line that fails, never a traceback."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"manifest {path} line {line}: not UTF-8 (byte {data[exc.start]:#04x}); save it as UTF-8") \
+            from None
+
+
 def _read_rows(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"manifest {path} line {n}: not valid JSON ({exc.msg})") from None
-        return rows
-    if path.suffix.lower() != ".csv":
+    """Manifest rows as dicts; the line number of each row is its position (CSV: after the header)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
         raise UserError(f"manifest {path}: unknown format {path.suffix!r}; valid: .csv, .jsonl")
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    text = _read_text(path)
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"manifest {path} line {n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"manifest {path} line {n}: a row must be a JSON object with path and label, "
+                                f"got {type(row).__name__}")
+            rows.append(row)
+        return rows
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    for n, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):  # a short or long row
+            raise UserError(f"manifest {path} row {n}: {len([v for v in row.values() if v is not None])} values "
+                            f"for {len([k for k in row if k is not None])} columns")
+    return rows
 
 
-def _class_names(labels: list[str], path: Path) -> list[str]:
+def _label_text(value) -> str:
+    """A label as text; a missing one (JSON null) is empty, never the class "None"."""
+    return "" if value is None else str(value).strip()
+
+
+def _class_names(labels: list[str], path: Path, *, first: int = 2) -> list[str]:
     empty = [i for i, lab in enumerate(labels) if not lab]
     if empty:
-        raise UserError(f"manifest {path} row {empty[0] + 2}: empty label")
+        raise UserError(f"manifest {path} row {empty[0] + first}: empty label")
     names = sorted(set(labels))
     if all(n.lstrip("-").isdigit() for n in names):
         names.sort(key=int)
