@@ -93,3 +93,26 @@ def test_synth_command_and_console_script(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "medfrag_probe", "synth", "liver", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown synth task")
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
+    import medfrag_probe.probes as probes_module
+    from medfrag_probe.cli import main
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probes_module, "probe", interrupt)
+    (tmp_path / "c.h5").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", str(tmp_path / "c.h5"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 130
+    assert "interrupted; finished batches are kept" in capsys.readouterr().err
+
+
+def test_probe_on_a_missing_cache_creates_no_output_folder(tmp_path, capsys):
+    from medfrag_probe.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()

@@ -38,6 +38,11 @@ study_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache")
 
 
+def _interrupted() -> None:
+    typer.echo("interrupted; finished batches are kept and a re-run resumes", err=True)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes print one line and exit 2; anything else is a bug (exit 1, traceback)."""
     try:
@@ -49,16 +54,17 @@ def main(argv: list[str] | None = None) -> None:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
     except KeyboardInterrupt:
-        typer.echo("interrupted; finished batches are kept and a re-run resumes", err=True)
-        sys.exit(130)
+        _interrupted()
     except Exception as exc:
+        if type(exc).__name__ == "Abort":  # (vendored) click turns Ctrl-C into Abort before it reaches us
+            _interrupted()
         # usage errors of typer's (vendored) click: a bad option or value is a user mistake
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             message = exc.format_message()
             if message:  # empty for "no arguments: help was shown"
                 typer.echo(f"error: {message}", err=True)
             sys.exit(exc.exit_code or 2)
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
         raise
+    if code == 130:  # typer turns Ctrl-C into Exit(130), which a non-standalone call returns as the code
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)

@@ -112,10 +112,12 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     probes = _check_probes(probes)
     device = str(resolve_device(device))
     out = Path(out)
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    opened = [EmbeddingCache(path) for path in ([caches] if isinstance(caches, (str, Path)) else caches)]
+    (out / "predictions").mkdir(parents=True, exist_ok=True)  # only once every cache opened: no stray folders
     results: list[ProbeResult] = []
-    for path in [caches] if isinstance(caches, (str, Path)) else caches:
-        task = _task(EmbeddingCache(path), folds=folds, seed=seed, allow_split_overlap=allow_split_overlap)
+    for cache in opened:
+        path = cache.path
+        task = _task(cache, folds=folds, seed=seed, allow_split_overlap=allow_split_overlap)
         for point, pooling in _select(task.cache, points, poolings):
             for name in probes:
                 for result in _run_one(task, point, pooling, name, out=out, seed=seed, replicates=replicates,
