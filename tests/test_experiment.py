@@ -228,3 +228,18 @@ def test_run_refuses_a_folder_that_is_not_a_study(tmp_path):
     with pytest.raises(UserError, match="not empty and holds no study"):
         run(_write(tmp_path, ONE), out=tmp_path / "out")
     assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+              f"*a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    lines += ["description: *a8", "models: [tiny:llava]", "tasks: [synth-brain-mri]"]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="expands to more than 100,000 values through its aliases"):
+        load_config(path)
+    assert time.perf_counter() - start < 5  # 10^9 values if expanded

@@ -22,9 +22,33 @@ def locate(name_or_path: str | Path, folder: Path, *, what: str) -> Path:
     return path
 
 
+MAX_NODES = 100_000  # what a config may expand to once aliases are followed
+
+
 def read(path: Path, *, what: str):
-    """`yaml.safe_load` of a file; a syntax error is one line naming the file."""
+    """`yaml.safe_load` of a file; a syntax error, a non-UTF-8 file, or one whose aliases expand past `MAX_NODES`
+    values (an alias bomb) is one line naming the file."""
     try:
-        return yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as exc:
         raise UserError(f"{what} file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} file {path} is not UTF-8; save it as UTF-8") from None
+    if _expanded_size(data, MAX_NODES) > MAX_NODES:
+        raise UserError(f"{what} file {path} expands to more than {MAX_NODES:,} values through its aliases")
+    return data
+
+
+def _expanded_size(data, limit: int) -> int:
+    """How many values `data` holds with shared (aliased) parts counted each time they are reached; stops past
+    `limit`, so a billion-laughs document costs `limit` steps, not its expansion."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
