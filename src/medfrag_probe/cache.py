@@ -52,8 +52,9 @@ class EmbeddingCache:
         try:
             with h5py.File(self.path, "r") as fh:
                 self._read_index(fh)
-        except OSError as exc:
-            raise UserError(f"cache {self.path} is not a readable HDF5 file ({exc})") from None
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:  # damaged internals, odd dtypes
+            raise UserError(f"cache {self.path} is not a readable cache ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'damaged'})") from None
 
     def _read_index(self, fh: h5py.File) -> None:
         for required in ("samples/id", "samples/label", "classes", "emb"):
@@ -61,6 +62,9 @@ class EmbeddingCache:
                 raise UserError(f"cache {self.path} lacks /{required}; see the cache schema in the docs")
         self.attrs = {k: _plain(v) for k, v in fh.attrs.items()}
         self.ids = _strings(fh["samples/id"])
+        if not np.issubdtype(fh["samples/label"].dtype, np.integer):
+            raise UserError(f"cache {self.path}: /samples/label has dtype {fh['samples/label'].dtype}, expected "
+                            "integers (class indices into /classes)")
         self.labels = fh["samples/label"][()].astype(np.int64)
         n = len(self.ids)
         self.groups = _strings(fh["samples/group"]) if "samples/group" in fh else list(self.ids)
@@ -70,6 +74,17 @@ class EmbeddingCache:
         self.classes = _strings(fh["classes"])
         self.datasets = {(point, pooling): fh[f"emb/{point}/{pooling}"].shape
                          for point in fh["emb"] for pooling in fh[f"emb/{point}"]}
+        self._check_index(fh)
+
+    def _check_index(self, fh: h5py.File) -> None:
+        """Every per-sample array has one entry per sample id."""
+        n = len(self.ids)
+        lengths = {"label": len(self.labels), "group": len(self.groups), "split": len(self.splits),
+                   "done": len(self.done), "error": len(self.errors)}
+        wrong = [f"/samples/{k} has {v}" for k, v in lengths.items() if v != n]
+        if wrong:
+            raise UserError(f"cache {self.path}: {', '.join(wrong)} entries for {n} sample ids; the file is damaged "
+                            "or was written by another tool (re-extract, or fix it)")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,9 +98,17 @@ class EmbeddingCache:
         if (point, pooling) not in self.datasets:
             valid = ", ".join(f"{p}/{q}" for p, q in self.points())
             raise UserError(f"cache {self.path} has no {point}/{pooling}; valid: {valid}")
-        with h5py.File(self.path, "r") as fh:
-            data = fh[f"emb/{point}/{pooling}"]
-            values = data[()] if rows is None else data[np.sort(rows)]
+        rows_held = self.datasets[(point, pooling)][0]
+        if rows_held != len(self):
+            raise UserError(f"cache {self.path}: emb/{point}/{pooling} has {rows_held} rows for {len(self)} samples; "
+                            "the file is damaged (cache verify lists every problem)")
+        try:
+            with h5py.File(self.path, "r") as fh:
+                data = fh[f"emb/{point}/{pooling}"]
+                values = data[()] if rows is None else data[np.sort(rows)]
+        except (OSError, RuntimeError, ValueError) as exc:  # a failed checksum or a damaged chunk
+            raise UserError(f"cache {self.path}: emb/{point}/{pooling} cannot be read ({str(exc).splitlines()[0]}); "
+                            "the file is damaged") from None
         return values.astype(np.float32)
 
     def summary(self) -> dict:
@@ -125,7 +148,12 @@ def verify(path: str | Path) -> list[str]:
                 problems.append(f"emb/{point}/{pooling} has {shape[0]} rows for {n} samples")
                 continue
             for start in range(0, n, 4096):
-                block = fh[f"emb/{point}/{pooling}"][start:start + 4096]
+                try:
+                    block = fh[f"emb/{point}/{pooling}"][start:start + 4096]
+                except (OSError, RuntimeError) as exc:
+                    problems.append(f"emb/{point}/{pooling} rows {start}.. cannot be read: "
+                                    f"{str(exc).splitlines()[0]} (damaged bytes)")
+                    break
                 done = cache.done[start:start + 4096]
                 if not np.isfinite(block[done]).all():
                     problems.append(f"emb/{point}/{pooling} has non-finite values in finished rows")
@@ -279,7 +307,8 @@ def _dataset(fh: h5py.File, name: str, row_shape: tuple[int, ...], dtype, n: int
     if key not in fh:
         row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
         chunk_rows = max(1, min(n, (1 << 20) // max(row_bytes, 1)))
-        fh.create_dataset(key, shape=(n, *row_shape), dtype=dtype, chunks=(chunk_rows, *row_shape))
+        # fletcher32: a checksum per chunk, so flipped bytes are an error on read, never silently wrong numbers
+        fh.create_dataset(key, shape=(n, *row_shape), dtype=dtype, chunks=(chunk_rows, *row_shape), fletcher32=True)
     return fh[key]
 
 
