@@ -96,3 +96,22 @@ def test_cache_verify_cli_on_a_damaged_file_exits_2(cache_file, tmp_path, capsys
         main(["cache", "verify", str(path)])
     assert exit_info.value.code == 2
     assert "/samples/group has 5 entries for 64 sample ids" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(28, "No space left on device", "/data/out/c.h5.parts/part-1"), "no space left on the device"),
+    (PermissionError(13, "Permission denied", "/readonly/out"), "/readonly/out: permission denied"),
+    (IsADirectoryError(21, "Is a directory", "/data/out"), "/data/out: it is a folder, not a file"),
+])
+def test_file_system_failures_are_one_line_exit_2(monkeypatch, capsys, error, message):
+    import medfrag_probe.probes as probes_module
+    from medfrag_probe.cli import main
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(probes_module, "probe", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", "c.h5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -38,6 +38,23 @@ study_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache")
 
 
+def _file_system_error(exc: OSError) -> bool:
+    """A full disk, a folder where a file was expected, or a place the user may not write: one line, exit 2
+    (finished work stays where it was written). Returns False for anything else."""
+    import errno
+
+    where = exc.filename or "the output"
+    reasons = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "the file system is read-only", errno.EISDIR: "it is a folder, not a file",
+               errno.ENOTDIR: "a part of the path is a file, not a folder"}
+    if exc.errno not in reasons:
+        return False
+    typer.echo(f"error: cannot write or read {where}: {reasons[exc.errno]}; finished work is kept, fix it and "
+               "re-run the same command to resume", err=True)
+    sys.exit(2)
+
+
 def _interrupted() -> None:
     typer.echo("interrupted; finished batches are kept and a re-run resumes", err=True)
     sys.exit(130)
@@ -55,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code or 0)
     except KeyboardInterrupt:
         _interrupted()
+    except OSError as exc:
+        if not _file_system_error(exc):
+            raise
     except Exception as exc:
         if type(exc).__name__ == "Abort":  # (vendored) click turns Ctrl-C into Abort before it reaches us
             _interrupted()
