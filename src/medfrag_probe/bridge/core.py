@@ -59,6 +59,7 @@ from ..probes.run import point_order
 from ..vqa.measures import ABSTAINED, UNPARSED, sample_votes
 
 VERDICTS = ("vision-limited", "reasoning-limited", "both", "sound", "inconclusive")
+MISSING_CODES = {ABSTAINED: -1, UNPARSED: -2}  # VQA class codes of samples that name no class
 REPLICATES = 1000
 
 
@@ -396,11 +397,10 @@ def _join(pred: dict, vqa_class: dict, rename: dict, *, replicates: int) -> _Joi
         raise UserError("the probe predictions and the VQA answers share no sample id; were they made on the same "
                         "data?")
     ids = pred["ids"][keep]
-    unknown = {c for c in vqa_class.values() if c not in (ABSTAINED, UNPARSED) and c not in index}
+    unknown = {c for c in vqa_class.values() if c not in MISSING_CODES and c not in index}
     if unknown:
         raise UserError(f"VQA classes {sorted(unknown)} are not among the probe's classes {classes}")
-    missing = {ABSTAINED: -1, UNPARSED: -2}
-    vqa_pred = np.array([missing[vqa_class[i]] if vqa_class[i] in missing else index[vqa_class[i]] for i in ids])
+    vqa_pred = np.array([MISSING_CODES.get(vqa_class[i], index.get(vqa_class[i])) for i in ids])
     groups = pred["groups"][keep]
     return _Joined(ids=ids, groups=groups, labels=pred["labels"][keep], classes=classes,
                    probe_pred=pred["proba"][keep].argmax(1), vqa_pred=vqa_pred,
@@ -527,13 +527,13 @@ def _delta(a: BridgeRecord, b: BridgeRecord, ja: _Joined, jb: _Joined, *, replic
 
 
 def _write_samples(join: _Joined, path: Path) -> None:
-    names = join.classes
+    names = {**dict(enumerate(join.classes)), **{code: name for name, code in MISSING_CODES.items()}}
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["sample_id", "group", "label", "probe_pred", "vqa_pred", "probe_correct", "vqa_correct"])
         for i in range(len(join.ids)):
-            vqa = names[join.vqa_pred[i]] if join.vqa_pred[i] >= 0 else {-1: ABSTAINED, -2: UNPARSED}[join.vqa_pred[i]]
+            vqa = names[join.vqa_pred[i]]
             writer.writerow([join.ids[i], join.groups[i], names[join.labels[i]], names[join.probe_pred[i]], vqa,
                              int(join.probe_pred[i] == join.labels[i]), int(join.vqa_pred[i] == join.labels[i])])
     os.replace(tmp, path)

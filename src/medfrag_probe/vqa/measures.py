@@ -293,6 +293,7 @@ def quadrants(image, text_only, controls=()) -> dict:
 
 
 ABSTAINED, UNPARSED = "<abstained>", "<unparsed>"
+ABSTAINING = ("refusal", "hedge")  # the answer kinds credited at chance
 VOTING = ("multiple_choice", "open")
 
 
@@ -301,12 +302,17 @@ def votes_from(record, n_classes: int) -> bool:
     return record.kind in VOTING or (record.kind == "yes_no" and n_classes == 2)
 
 
-def sample_votes(image, n_classes: int, kinds=None) -> dict[str, str]:
+def missing_vote(answer_kinds) -> str:
+    """What a sample (or item) that names no class counts as: ABSTAINED when every answer abstained, else UNPARSED."""
+    return ABSTAINED if all(k in ABSTAINING for k in answer_kinds) else UNPARSED
+
+
+def sample_votes(image, n_classes: int) -> dict[str, str]:
     """Each sample's voted class under the image condition, or ABSTAINED / UNPARSED (module docstring)."""
     votes: dict[str, list[str]] = defaultdict(list)
     answers: dict[str, list[str]] = defaultdict(list)
     for r in image:
-        if r.expected is None or not votes_from(r, n_classes) or (kinds and r.kind not in kinds):
+        if r.expected is None or not votes_from(r, n_classes):
             continue
         answers[r.sample_id].append(r.answer_kind)
         if r.class_pred is not None:
@@ -318,14 +324,8 @@ def sample_votes(image, n_classes: int, kinds=None) -> dict[str, str]:
             top = max(counts.values())
             out[sample] = next(c for c in votes[sample] if counts[c] == top)  # ties: the earliest prompt's class
         else:
-            out[sample] = ABSTAINED if all(k in ("refusal", "hedge") for k in kinds_seen) else UNPARSED
+            out[sample] = missing_vote(kinds_seen)
     return out
-
-
-def sample_classes(image, n_classes: int | None = None) -> dict[str, str | None]:
-    """Each sample's voted class, None where it names none (see `sample_votes`)."""
-    n = n_classes if n_classes is not None else len({r.label for r in image}) or 2
-    return {k: (None if v in (ABSTAINED, UNPARSED) else v) for k, v in sample_votes(image, n).items()}
 
 
 def credit(labels, preds, n_classes: int) -> np.ndarray:
@@ -371,23 +371,20 @@ def classification(image, classes: list[str]) -> dict:
 
 
 def _record_vote(record) -> str:
-    if record.class_pred is not None:
-        return record.class_pred
-    return ABSTAINED if record.answer_kind in ("refusal", "hedge") else UNPARSED
+    return record.class_pred if record.class_pred is not None else missing_vote([record.answer_kind])
 
 
 def skill_by_kind(image, classes: list[str]) -> dict:
     """Skill per prompt kind: class votes of multiple-choice and of open prompts; yes/no answers against their
     expected answers (balanced over expected yes and no, chance 1/2, abstentions credited at 1/2)."""
     out = {}
+    label_of = {r.sample_id: r.label for r in image}
     for kind in VOTING:
         voted = sample_votes([r for r in image if r.kind == kind], len(classes))
         if voted:
-            label_of = {r.sample_id: r.label for r in image}
             out[kind] = class_scores([label_of[i] for i in voted], list(voted.values()), classes)["skill"]
     yes_no = [r for r in image if r.kind == "yes_no" and r.expected in ("yes", "no")]
     if yes_no:
-        preds = [r.parsed if r.answer_kind == "answer" else (ABSTAINED if r.answer_kind in ("refusal", "hedge")
-                                                             else UNPARSED) for r in yes_no]
+        preds = [r.parsed if r.answer_kind == "answer" else missing_vote([r.answer_kind]) for r in yes_no]
         out["yes_no"] = class_scores([r.expected for r in yes_no], preds, ["yes", "no"])["skill"]
     return out

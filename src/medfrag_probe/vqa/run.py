@@ -419,8 +419,7 @@ def option_texts(prompt: Prompt) -> list[str]:
 def _scored(adapter, inputs, items: list[_Item]) -> list[dict]:
     """Scored answers of one batch: the most probable option as the response, with every option's probability."""
     options = [option_texts(item.prompt) for item in items]
-    probs = adapter.option_scores(inputs, [[o.capitalize() if o in ("yes", "no") else o for o in opts]
-                                           for opts in options])
+    probs = adapter.option_scores(inputs, options)  # case variants are scored together: "yes" is "Yes"
     out = []
     for opts, p in zip(options, probs):
         best = opts[max(range(len(opts)), key=lambda k: p[k])]
