@@ -116,3 +116,30 @@ def test_probe_on_a_missing_cache_creates_no_output_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["probe", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def _command_paths():
+    import typer
+
+    from medfrag_probe.cli import app
+
+    def walk(command, path):  # typer may vendor its own click: walk by duck type
+        yield path
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "(root)")
+def test_every_help_renders_and_a_bare_command_never_crashes(path, capsys):
+    """Help text holds brackets (`open_clip:ARCH[/PRETRAINED]`) that rich would read as markup: it must print as
+    written, for every command and sub-command; a bare command prints usage or a one-line error."""
+    code, out, err = run([*path, "--help"], capsys)
+    assert code == 0 and "Usage:" in out and "Traceback" not in out + err
+    if path:
+        code, out, err = run(path, capsys) if path[-1] not in ("demo", "models") else (0, "", "")
+        assert code in (0, 2) and "Traceback" not in out + err
+    if path == ["extract"]:
+        assert "open_clip:ARCH[/PRETRAINED]" in run(["extract", "--help"], capsys)[1].replace("\n", " ")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medfrag_probe.data.images import ImageError, array_to_rgb, load_image, to_rgb, window
+from medfrag_probe.data.images import ImageError, array_to_rgb, load_image, to_rgb
 from medfrag_probe.data.sources import open_source
 from medfrag_probe.data.synth import TASKS, write_synth
 from medfrag_probe.errors import UserError
@@ -231,9 +231,102 @@ def test_float_with_nan_and_constant_images():
     assert np.asarray(array_to_rgb(np.full((3, 3), 7.0))).max() == 0
 
 
-def test_dicom_window_rule():
-    values = np.array([0.0, 40.0, 80.0, 200.0])
-    assert window(values, 40, 80).tolist() == [0, 129, 255, 255]  # (40 - 39.5) / 79 + 0.5 -> 129
+def _pydicom_file(name):
+    """One of the DICOM files pydicom ships in its package (real files written by scanners and toolkits)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pathlib import Path
+
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / name
+    if not path.is_file():
+        pytest.skip(f"pydicom does not bundle {name}")
+    return path
+
+
+def _viewer(ds, values):
+    """What a viewer shows, written out from the standard with pydicom's own transforms (an independent oracle)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    modality = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    return apply_voi_lut(modality, ds, index=0, prefer_lut=True).astype(np.float64) if values is None else values
+
+
+def test_dicom_ct_uses_the_modality_lut_and_min_max_without_a_window():
+    path = _pydicom_file("CT_small.dcm")
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    hounsfield = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    grey = np.asarray(load_image(path))[..., 0].astype(int)
+    expect = np.round((hounsfield - hounsfield.min()) / (hounsfield.max() - hounsfield.min()) * 255)
+    assert np.abs(grey - expect).max() <= 1
+
+
+def test_dicom_mr_window_matches_pydicom_windowing():
+    path = _pydicom_file("MR_small.dcm")
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    voi = _viewer(ds, None)
+    low, high = 0.0, 2.0 ** ds.BitsStored - 1  # pydicom's windowing output range for unsigned data
+    if ds.PixelRepresentation == 1:
+        low, high = -(2.0 ** (ds.BitsStored - 1)), 2.0 ** (ds.BitsStored - 1) - 1
+    grey = np.asarray(load_image(path))[..., 0].astype(int)
+    assert np.abs(grey - np.round((voi - low) / (high - low) * 255)).max() <= 1
+    assert grey.min() < grey.max()
+
+
+def test_dicom_voi_lut_sequence_is_applied_not_only_linear_windows(tmp_path):
+    """A VOI LUT sequence (here an inverting 16-bit LUT over the MR's values) wins over the file's window."""
+    path = _pydicom_file("MR_small.dcm")
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(path)
+    first, count = int(ds.pixel_array.min()), int(ds.pixel_array.max() - ds.pixel_array.min()) + 1
+    item = Dataset()
+    item.LUTDescriptor = [count, first, 16]
+    item.LUTData = [int(v) for v in np.linspace(65535, 0, count).round()]
+    item["LUTData"].VR = "US"
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(tmp_path / "lut.dcm")
+    grey = np.asarray(load_image(tmp_path / "lut.dcm"))[..., 0].astype(int)
+    expect = (np.linspace(65535, 0, count).round() / 65535 * 255).round()[ds.pixel_array.astype(int) - first]
+    assert np.abs(grey - expect).max() <= 1
+    assert grey[ds.pixel_array == ds.pixel_array.max()].max() <= 1  # the brightest tissue is dark under this LUT
+
+
+def test_dicom_palette_colour_goes_through_its_lut():
+    path = _pydicom_file("examples_palette.dcm")
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(path)
+    expect = apply_color_lut(ds.pixel_array, ds)
+    expect = (expect >> 8).astype(np.uint8) if expect.dtype == np.uint16 else expect
+    rgb = np.asarray(load_image(path))
+    assert rgb.shape == (*ds.pixel_array.shape, 3) and np.array_equal(rgb, expect)
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 2  # colours, not a grey ramp of the indices
+
+
+def test_dicom_ybr_becomes_rgb():
+    path = _pydicom_file("SC_rgb_dcmtk_+eb+cy+n1.dcm")  # YBR_FULL of the same red/green/blue bars as the RGB file
+    reference = np.asarray(load_image(_pydicom_file("SC_rgb_dcmtk_+eb+cr.dcm"))).astype(int)
+    assert np.abs(np.asarray(load_image(path)).astype(int) - reference).mean() < 3
+
+
+def test_nifti_axial_slice_is_taken_after_reorienting_to_ras(tmp_path):
+    """The same anatomy stored in two voxel orders (RAS and an axis-swapped, flipped LPI-like layout) gives the same
+    axial slice."""
+    nibabel = pytest.importorskip("nibabel")
+    volume = np.random.default_rng(1).random((6, 7, 5)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), tmp_path / "ras.nii.gz")
+    # store axes as (z, y, x) reversed in x: voxel (k, j, i) holds world (i flipped, j, k)
+    swapped = np.flip(volume, axis=0).transpose(2, 1, 0).copy()
+    affine = np.array([[0, 0, -1, 5], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    nibabel.save(nibabel.Nifti1Image(swapped, affine), tmp_path / "swapped.nii.gz")
+    a, b = load_image(tmp_path / "ras.nii.gz"), load_image(tmp_path / "swapped.nii.gz")
+    assert a.size == b.size == (6, 7) and a.tobytes() == b.tobytes()
 
 
 def test_unreadable_files_raise_image_error(tmp_path):

@@ -115,3 +115,230 @@ def test_file_system_failures_are_one_line_exit_2(monkeypatch, capsys, error, me
         main(["probe", "c.h5"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---- one writer per output -------------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from medfrag_probe._fs import output_lock
+with output_lock(Path(sys.argv[1]), folder=sys.argv[2] == "folder"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(path, kind):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), kind], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_extract_on_the_same_cache_is_refused_and_a_killed_holder_frees_it(tmp_path):
+    from medfrag_probe import extract
+
+    out = tmp_path / "c.h5"
+    holder = _holder(out, "file")
+    try:
+        with pytest.raises(UserError, match=rf"another run \(pid {holder.pid} on .*\) is writing the cache"):
+            extract("tiny:siglip", "synth:brain-mri?n=8", points="vision.block.00", poolings="mean", out=out,
+                    workers=0)
+        assert not out.exists()
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock; nothing stale is left to clean by hand
+        holder.wait()
+    result = extract("tiny:siglip", "synth:brain-mri?n=8", points="vision.block.00", poolings="mean", out=out,
+                     workers=0)
+    assert result.extracted == 8 and verify(out) == []
+
+
+def test_two_extract_processes_at_once_leave_one_complete_cache(tmp_path):
+    """The second command starts while the first holds the cache (forced by waiting for its lock file): it exits 2
+    naming the other run, and the first finishes a cache with every sample done."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "c.h5"
+    cmd = [sys.executable, "-m", "medfrag_probe", "-q", "extract", "--model", "tiny:siglip", "--data",
+           "synth:brain-mri?n=1200", "--points", "vision.block.00", "--poolings", "mean", "--out", str(out),
+           "--batch-size", "2", "--workers", "0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    parts = out.with_name("c.h5.parts")
+    deadline = time.time() + 120
+    while not any(parts.glob("r*.safetensors")) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)  # the first run is writing batches now
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 2 and "is writing the cache" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert verify(out) == [] and EmbeddingCache(out).done.all()
+
+
+def test_vqa_and_study_folders_take_the_same_lock(tmp_path):
+    from medfrag_probe import run
+    from medfrag_probe._fs import output_lock
+    from medfrag_probe.vqa import vqa
+
+    holder = _holder(tmp_path / "v", "folder")
+    try:
+        with pytest.raises(UserError, match="is writing the VQA folder"):
+            vqa("tiny:llava", "synth:brain-mri?n=4", "synth-brain-mri", out=tmp_path / "v", describe_with=None)
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(tmp_path / "s", folder=True), output_lock(tmp_path / "s", folder=True):
+        pass  # one process may nest its own lock (a study running stages into its folder)
+    holder = _holder(tmp_path / "s", "folder")
+    try:
+        with pytest.raises(UserError, match="is writing the study folder"):
+            run("demo-ci", out=tmp_path / "s")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_probe_refuses_an_unfinished_extraction_unless_allowed(cache_file, tmp_path):
+    path = _copy(cache_file, tmp_path)
+    with h5py.File(path, "a") as fh:
+        done = fh["samples/done"][()]
+        done[:20] = False  # never attempted (no error recorded): a stopped extraction
+        fh["samples/done"][...] = done
+        errors = fh["samples/error"][()]
+        errors[20:23] = "decode failed"  # failed images never block a probe
+        fh["samples/done"][20:23] = False
+        fh["samples/error"][...] = errors
+    with pytest.raises(UserError, match="unfinished extraction: 20 of 64 samples are neither extracted nor failed"):
+        probe([path], probes="knn", out=tmp_path / "o", figures=False, controls=False)
+    assert not (tmp_path / "o").exists()
+    results = probe([path], probes="knn", out=tmp_path / "o", figures=False, controls=False, replicates=50,
+                    allow_incomplete=True)
+    assert results and results[0].n == 64 - 23
+
+
+# ---- full disks, stale temporary files, folders given for files --------------------------------------------------
+
+def test_a_full_disk_before_consolidation_keeps_the_parts_and_leaves_no_tmp(tmp_path, monkeypatch):
+    import errno
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from medfrag_probe import cache as cache_module
+    from medfrag_probe import extract
+
+    out = tmp_path / "c.h5"
+    real = shutil_module.disk_usage
+    usage = namedtuple("usage", "total used free")
+
+    def nearly_full(folder):
+        return usage(10 << 30, 10 << 30, 0) if Path(folder) == tmp_path else real(folder)
+
+    from pathlib import Path
+
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", nearly_full)
+    with pytest.raises(OSError) as info:
+        extract("tiny:siglip", "synth:brain-mri?n=16", points="vision.block.00", poolings="mean", out=out,
+                workers=0, batch_size=4)
+    assert info.value.errno == errno.ENOSPC and "the cache c.h5 needs about" in str(info.value)
+    assert not out.exists() and len(list((tmp_path / "c.h5.parts").glob("r*.safetensors"))) == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", real)
+    result = extract("tiny:siglip", "synth:brain-mri?n=16", points="vision.block.00", poolings="mean", out=out,
+                     workers=0, batch_size=4)
+    assert result.skipped == 16 and result.extracted == 0 and verify(out) == []  # resumed: nothing recomputed
+
+
+def test_a_part_write_that_fills_the_disk_is_a_disk_error_and_leaves_no_tmp(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.numpy
+
+    from medfrag_probe.cache import write_part
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                           "\"No space left on device\" })")
+
+    from pathlib import Path
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    parts = tmp_path / "c.h5.parts"
+    parts.mkdir()
+    with pytest.raises(OSError) as info:
+        write_part(parts, np.arange(2), {"p/mean": np.zeros((2, 3), np.float16)}, {}, np.arange(2))
+    assert info.value.errno == errno.ENOSPC
+    assert list(parts.iterdir()) == []
+
+
+def test_stale_tmp_files_of_killed_runs_are_removed_on_the_next_run(cache_file, tmp_path):
+    from medfrag_probe import extract
+
+    out = tmp_path / "c.h5"
+    parts = tmp_path / "c.h5.parts"
+    parts.mkdir()
+    stale = [tmp_path / ".c.h5.4242.tmp", parts / ".r000000000-000000003.safetensors.4242.tmp"]
+    for path in stale:
+        path.write_bytes(b"x" * 100)
+    other = tmp_path / ".someone-else.h5.77.tmp"
+    other.write_bytes(b"keep")
+    extract("tiny:siglip", "synth:brain-mri?n=8", points="vision.block.00", poolings="mean", out=out, workers=0)
+    assert not any(p.exists() for p in stale) and other.exists() and verify(out) == []
+
+
+def test_a_folder_given_as_the_cache_file_is_one_line(tmp_path, capsys):
+    from medfrag_probe.cli import main
+
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--model", "tiny:siglip", "--data", "synth:brain-mri?n=4", "--out", str(tmp_path / "dir"),
+              "--overwrite"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is a folder; give the cache file to write" in err and err.count("\n") == 1
+
+
+# ---- report.md ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, shown", [
+    ("<script>alert(1)</script>", "&lt;script&gt;alert(1)&lt;/script&gt;"),
+    ("a|b", "a\\|b"),
+    ("# heading", "\\# heading"),
+    ("**bold** [x](http://e)", "\\*\\*bold\\*\\* \\[x\\](http://e)"),
+    ("two\nlines", "two lines"),
+    ("ViT-B/16", "ViT-B/16"),
+])
+def test_report_markdown_escapes_user_strings(text, shown):
+    from medfrag_probe.experiment.report import md_escape
+
+    assert md_escape(text) == shown
+
+
+# ---- very large images -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "I;16"), ("PNG", "P")])
+def test_very_large_images_decode_reduced_and_small_ones_untouched(tmp_path, fmt, mode):
+    from PIL import Image
+
+    from medfrag_probe.data.images import load_image
+
+    ramp = (np.add.outer(np.arange(2600), np.arange(2600)) % 251).astype(np.uint16)
+    base = Image.fromarray(ramp.astype(np.uint8), "L")
+    image = {"RGB": base.convert("RGB"), "P": base.convert("P"),
+             "I;16": Image.fromarray((ramp * 200).astype(np.uint16))}[mode]
+    path = tmp_path / f"big.{fmt.lower()}"
+    image.save(path, fmt)
+    full = load_image(path)
+    reduced = load_image(path, keep_side=1024)
+    assert full.size == (2600, 2600) and reduced.size == (1300, 1300) and reduced.mode == "RGB"
+    # the reduced image is the full one seen at half size (a box filter, up to JPEG's own DCT scaling)
+    expect = np.asarray(full.resize((1300, 1300), Image.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(reduced, dtype=np.float32) - expect).mean() < (4 if fmt == "JPEG" else 1.5)
+    small = tmp_path / "small.png"
+    base.crop((0, 0, 2000, 2000)).save(small)
+    assert load_image(small, keep_side=1024).tobytes() == load_image(small).tobytes()

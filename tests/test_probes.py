@@ -11,7 +11,7 @@ from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import cross_val_score
+from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from medfrag_probe.errors import UserError
@@ -172,6 +172,38 @@ def test_estimator_contract():
         assert cross_val_score(clone(estimator), X, y, cv=3).mean() > 0.8
     labels = np.array(["benign", "malignant"])[y]
     assert set(LinearProbe().fit(X, labels).predict(X)) <= {"benign", "malignant"}
+
+
+def test_patient_groups_reach_the_inner_c_search_inside_a_pipeline(monkeypatch):
+    """With metadata routing on, `Pipeline.fit(X, y, groups=...)` hands the groups to LinearProbe's inner folds (no
+    patient straddles an inner fold), as a bare fit does; a bare fit without groups keeps working."""
+    import sklearn
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medfrag_probe.probes import estimators
+
+    seen = []
+    real = estimators.inner_folds
+
+    def spy(codes, groups, k, seed):
+        folds = real(codes, groups, k, seed)
+        seen.append((groups, folds))
+        return folds
+
+    monkeypatch.setattr(estimators, "inner_folds", spy)
+    X, y = gaussian(240, 5, separation=2.0)
+    patients = np.repeat(np.arange(60), 4)
+    with sklearn.config_context(enable_metadata_routing=True):
+        make_pipeline(StandardScaler(), LinearProbe(Cs=(0.01, 1.0))).fit(X, y, groups=patients)
+        scores = cross_val_score(make_pipeline(StandardScaler(), LinearProbe(Cs=(0.01, 1.0))), X, y,
+                                 cv=GroupKFold(3), params={"groups": patients})
+    assert len(seen) == 4 and scores.mean() > 0.7
+    for groups, folds in seen:
+        assert groups is not None and len(groups) == len(folds[0][0]) + len(folds[0][1])
+        for train, test in folds:
+            assert not set(groups[train]) & set(groups[test])
+    LinearProbe(Cs=(0.01, 1.0)).fit(X, y)  # no routing, no groups: image-level inner folds, still fits
 
 
 def test_knn_softmax_votes_by_hand():

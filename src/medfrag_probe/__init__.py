@@ -12,13 +12,15 @@ __version__ = "0.1.0"
 import importlib
 
 __all__ = ["EmbeddingCache", "UserError", "extract", "load_adapter", "open_source", "probe", "vqa", "import_answers",
-           "bridge", "run", "report", "load_config", "__version__"]
+           "export_task", "bridge", "run", "report", "load_config", "results_frame", "list_models", "list_tasks",
+           "list_experiments", "__version__"]
 
 # name -> module holding it, imported on first use so that `--help` and `--version` stay fast; `extract`, `vqa` and
 # `bridge` are modules callable as their main function (medfrag_probe/_callable.py)
 _LAZY = {"EmbeddingCache": "cache", "load_adapter": "models.loading", "open_source": "data.sources",
          "UserError": "errors", "probe": "probes.run", "import_answers": "vqa.importer", "run": "experiment.runner",
-         "report": "experiment.report", "load_config": "experiment.config"}
+         "report": "experiment.report", "load_config": "experiment.config", "results_frame": "frames",
+         "export_task": "vqa.export", "list_models": "catalog", "list_tasks": "catalog", "list_experiments": "catalog"}
 
 
 def __getattr__(name: str):

@@ -9,6 +9,25 @@ import yaml
 from .errors import UserError, bad_choice
 
 
+def configs_dir(kind: str) -> Path:
+    """The shipped `configs/KIND/` folder: inside the installed package (`medfrag_probe/configs`, mapped from the
+    repository's top-level `configs/` at build time), or the repository's own folder in a source checkout."""
+    from importlib.resources import files
+
+    try:
+        shipped = Path(str(files("medfrag_probe.configs"))) / kind
+    except (ModuleNotFoundError, TypeError):
+        shipped = None
+    if shipped is not None and shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parents[2] / "configs" / kind
+
+
+def shipped_names(kind: str) -> list[str]:
+    """Names of the shipped configs of a kind (`tasks`, `experiments`)."""
+    return sorted(p.stem for p in configs_dir(kind).glob("*.yaml"))
+
+
 def locate(name_or_path: str | Path, folder: Path, *, what: str) -> Path:
     """A path as given, or `folder/NAME.yaml` for a bare name; unknown names list the valid ones."""
     path = Path(name_or_path)

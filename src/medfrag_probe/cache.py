@@ -21,6 +21,7 @@ temporary name and renamed), then `consolidate` assembles the HDF5 file under a 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ._fs import atomic_write, tmp_name
 from .errors import UserError
 
 SCHEMA = "medfrag-probe/cache"
@@ -88,6 +90,11 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def unfinished(self) -> int:
+        """Samples neither extracted nor failed: an extraction that was stopped (or is still running)."""
+        return int(sum(1 for d, e in zip(self.done, self.errors) if not d and not e))
 
     def points(self) -> list[tuple[str, str]]:
         """(point, pooling) pairs held, in file order."""
@@ -218,14 +225,10 @@ def start_parts(out: Path, meta: CacheMeta) -> Path:
     parts.mkdir(parents=True, exist_ok=True)
     stamp = parts / "meta.json"
     if not stamp.exists():
-        _atomic_text(stamp, json.dumps(meta.identity(), sort_keys=True))
+        atomic_write(stamp, json.dumps(meta.identity(), sort_keys=True))
     return parts
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_part(parts: Path, indices: np.ndarray, arrays: dict[str, np.ndarray], errors: dict[int, str],
@@ -237,12 +240,41 @@ def write_part(parts: Path, indices: np.ndarray, arrays: dict[str, np.ndarray], 
     path = parts / f"r{first:09d}-{int(attempted.max()):09d}.safetensors"
     tensors = {"index": indices.astype(np.int64), "attempted": attempted.astype(np.int64)}
     tensors.update({f"emb/{name}": np.ascontiguousarray(value) for name, value in arrays.items()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"errors": json.dumps({str(k): v for k, v in errors.items()})})
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = tmp_name(path)
+    ensure_space(parts, sum(v.nbytes for v in tensors.values()), what=f"the batch part {path.name}")
+    try:
+        save_file(tensors, str(tmp), metadata={"errors": json.dumps({str(k): v for k, v in errors.items()})})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError) and _disk_full(exc):  # safetensors reports a full disk as its own error
+            raise OSError(errno.ENOSPC, "No space left on device", str(parts)) from None
+        raise
     return path
+
+
+def _disk_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "no space left" in text or "os error 28" in text or "quota exceeded" in text
+
+
+def ensure_space(folder: Path, need: int, *, what: str) -> None:
+    """Refuse (as a full-disk `OSError`) to start a write of about `need` bytes that the disk cannot hold: HDF5 can
+    crash the process on a full disk instead of raising, so the check comes first."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    margin = (1 << 20) + need // 20
+    if free < need + margin:
+        raise OSError(errno.ENOSPC, f"No space left on device ({what} needs about {_mb(need + margin)}, "
+                      f"{_mb(free)} free)", str(folder))
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MB"
 
 
 def iter_parts(parts: Path) -> Iterator[Path]:
@@ -268,22 +300,28 @@ def consolidate(out: Path, meta: CacheMeta, samples, classes, *, previous: Path 
     Written to a temporary file then renamed over `out`; the parts are removed only after the rename.
     """
     parts = parts_dir(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = tmp_name(out)
     n = len(samples)
     failures: dict[int, str] = {}
-    with h5py.File(tmp, "w") as fh:
-        _write_header(fh, meta, samples, classes)
-        done = np.zeros(n, bool)
-        errors = [""] * n
-        if previous is not None and previous.exists():
-            _copy_previous(fh, previous, done, errors)
-        for path in iter_parts(parts):
-            _merge_part(fh, path, done, errors, failures)
-        for i in np.flatnonzero(done):
-            errors[i] = ""
-        fh["samples/done"][...] = done
-        fh["samples/error"][...] = np.array(errors, dtype=object)
-    os.replace(tmp, out)
+    need = sum(p.stat().st_size for p in iter_parts(parts)) + (previous.stat().st_size if previous else 0)
+    ensure_space(out.parent, need + 200 * n, what=f"the cache {out.name}")
+    try:
+        with h5py.File(tmp, "w") as fh:
+            _write_header(fh, meta, samples, classes)
+            done = np.zeros(n, bool)
+            errors = [""] * n
+            if previous is not None and previous.exists():
+                _copy_previous(fh, previous, done, errors)
+            for path in iter_parts(parts):
+                _merge_part(fh, path, done, errors, failures)
+            for i in np.flatnonzero(done):
+                errors[i] = ""
+            fh["samples/done"][...] = done
+            fh["samples/error"][...] = np.array(errors, dtype=object)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the parts (and any previous cache) are untouched: a re-run consolidates again
+        raise
     shutil.rmtree(parts, ignore_errors=True)
     return {i: errors[i] for i in range(n) if errors[i]}
 

@@ -11,6 +11,7 @@ uninterrupted run would, and its cache is identical row for row.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,9 @@ import torch
 
 from . import __version__
 from ._callable import make_callable
+from ._fs import cache_root, output_lock, remove_stale_tmp
 from ._log import info, is_quiet
+from ._provenance import device_info, versions
 from .cache import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -38,7 +41,7 @@ from .cache import (
     write_part,
 )
 from .data.images import ImageError
-from .data.sources import DataSource, open_source
+from .data.sources import DataSource, open_source, takes_keep_side
 from .distributed import rank_device, setup
 from .errors import UserError
 from .models.base import STAGES, Adapter, Point
@@ -77,8 +80,8 @@ def slug(spec: str) -> str:
 
 
 def default_out(model: str, data: str) -> Path:
-    """`cache/<model>__<data>.h5` (or under `$MEDFRAG_CACHE`)."""
-    return Path(os.environ.get("MEDFRAG_CACHE", "cache")) / f"{slug(model)}__{slug(data)}.h5"
+    """`CACHE/embeddings/<model>__<data>.h5`, CACHE being `$MEDFRAG_CACHE` or `~/.cache/medfrag-probe`."""
+    return cache_root() / "embeddings" / f"{slug(model)}__{slug(data)}.h5"
 
 
 def extract(model: str, data: str | DataSource, *, points: str | list[str] | None = None,
@@ -99,16 +102,24 @@ def extract(model: str, data: str | DataSource, *, points: str | list[str] | Non
     ranks = setup(device)
     device = rank_device(device, ranks)
     resolve_device(device)
-    adapter = load_adapter(model, lm=wants_lm, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    chosen = adapter.select_points(points)
-    plan = plan_poolings(chosen, poolings)
-    chosen = [p for p in chosen if p.name in plan]
     out = Path(out) if out else default_out(model, source.spec)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the cache file to write, e.g. {out / 'embeddings.h5'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = CacheMeta(attrs=_attrs(adapter, source, plan, dtype=dtype, store_dtype=store_dtype, prompt=prompt),
-                     plan=plan)
-    return _run(adapter, source, chosen, meta, out=out, batch_size=batch_size, device=device, workers=workers,
-                prompt=prompt, overwrite=overwrite, ranks=ranks)
+    # one writer per cache: the leader holds the lock while every rank works (the others are its children in spirit)
+    with output_lock(out, folder=False, what="cache") if ranks.leader else contextlib.nullcontext():
+        if ranks.leader:
+            remove_stale_tmp(out.parent, out.name)
+            remove_stale_tmp(parts_dir(out))
+        adapter = load_adapter(model, lm=wants_lm, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        chosen = adapter.select_points(points)
+        plan = plan_poolings(chosen, poolings)
+        chosen = [p for p in chosen if p.name in plan]
+        meta = CacheMeta(attrs=_attrs(adapter, source, plan, dtype=dtype, store_dtype=store_dtype, prompt=prompt,
+                                      device=device),
+                         plan=plan)
+        return _run(adapter, source, chosen, meta, out=out, batch_size=batch_size, device=device, workers=workers,
+                    prompt=prompt, overwrite=overwrite, ranks=ranks)
 
 
 def _split(points) -> list[str]:
@@ -126,7 +137,8 @@ def _check_options(*, batch_size: int, store_dtype: str, workers: int | None) ->
         raise UserError(f"--workers must be >= 0, got {workers}")
 
 
-def _attrs(adapter: Adapter, source: DataSource, plan: dict, *, dtype: str, store_dtype: str, prompt) -> dict:
+def _attrs(adapter: Adapter, source: DataSource, plan: dict, *, dtype: str, store_dtype: str, prompt,
+           device: str = "cpu") -> dict:
     import transformers
 
     prints = adapter.fingerprints()
@@ -137,6 +149,7 @@ def _attrs(adapter: Adapter, source: DataSource, plan: dict, *, dtype: str, stor
             "reads_tokens": adapter.info.get("reads_tokens", ""), "dtype": dtype, "store_dtype": store_dtype,
             "points": json.dumps(plan, sort_keys=True), "prompt": prompt or "", "toolkit_version": __version__,
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+            "versions": json.dumps(versions(), sort_keys=True), "device": json.dumps(device_info(device)),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -197,6 +210,7 @@ class _BatchData(torch.utils.data.Dataset):
 
     def __init__(self, source: DataSource, batches: list[np.ndarray], adapter: Adapter, prompt: str | None):
         self.source, self.batches, self.prepare, self.prompt = source, batches, adapter.prepare, prompt
+        self.keep = {"keep_side": adapter.decode_side()} if takes_keep_side(source) else {}
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -206,7 +220,7 @@ class _BatchData(torch.utils.data.Dataset):
         images, ok, errors = [], [], {}
         for i in indices:
             try:
-                images.append(self.source.image(int(i)))
+                images.append(self.source.image(int(i), **self.keep))
                 ok.append(int(i))
             except ImageError as exc:
                 errors[int(i)] = str(exc)

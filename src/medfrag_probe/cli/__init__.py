@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 
 from .. import __version__
-from .._log import set_quiet
+from .._log import set_level
 from ..errors import UserError
 from . import bridge_cmd, cache_cmd, extract_cmd, models_cmd, probe_cmd, study_cmd, synth_cmd, vqa_cmd
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Find whether a vision-language model fails in what it sees or in what it does with it.")
 
 
@@ -24,8 +25,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines.")) -> None:
-    set_quiet(quiet)
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines (warnings "
+                                     "and errors still show)."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Also detail lines (logging level DEBUG).")
+          ) -> None:
+    if quiet and verbose:
+        raise UserError("--quiet and --verbose contradict each other; give one")
+    set_level(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 models_cmd.register(app)

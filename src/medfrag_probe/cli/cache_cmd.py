@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Inspect and check embedding caches.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and check embedding caches.")
 
 CacheFile = Annotated[Path, typer.Argument(help="An HDF5 cache file.")]
 
 
-@app.command("info")
+@app.command("info", no_args_is_help=True)
 def info_command(path: CacheFile, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show what a cache holds: samples, classes, datasets, provenance, failures."""
     from ..cache import EmbeddingCache
@@ -37,7 +37,7 @@ def info_command(path: CacheFile, as_json: Annotated[bool, typer.Option("--json"
             typer.echo(f"  failed {cache.ids[i]}: {error}")
 
 
-@app.command("verify")
+@app.command("verify", no_args_is_help=True)
 def verify_command(path: CacheFile) -> None:
     """Check a cache against the schema; exit 1 when a problem is found."""
     from ..cache import verify

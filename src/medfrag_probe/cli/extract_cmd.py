@@ -21,7 +21,8 @@ def extract_command(
     points: Annotated[Optional[str], typer.Option(help="Points or globs, comma-separated (default: vision.*,"
                                                   "projector; lm.block.* needs --prompt).")] = None,
     poolings: Annotated[Optional[str], typer.Option(help="cls, mean, max, tokens; image, last for lm points.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Cache file (default cache/MODEL__DATA.h5).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Cache file (default ~/.cache/medfrag-probe/embeddings/MODEL__DATA.h5, or under $MEDFRAG_CACHE).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     device: Device = "cpu",  # under torchrun, cuda/auto put each rank on its LOCAL_RANK GPU
     dtype: Dtype = "float32",

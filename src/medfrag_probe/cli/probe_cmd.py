@@ -44,6 +44,8 @@ def probe_command(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     allow_split_overlap: Annotated[bool, typer.Option(help="Accept given train/val/test splits that share a patient "
                                                       "(refused by default: it leaks).")] = False,
+    allow_incomplete: Annotated[bool, typer.Option(help="Probe the finished rows of an unfinished extraction "
+                                                   "(refused by default).")] = False,
 ) -> None:
     """Linear and kNN probes per point and pooling, with honest splits, controls and bootstrap CIs."""
     from ..errors import UserError
@@ -57,7 +59,8 @@ def probe_command(
         raise UserError(f"--replicates must be >= 10, got {replicates}")
     results = probe([str(c) for c in caches], points=points, poolings=poolings, probes=probes, out=out,
                     folds=folds, seed=seed, replicates=replicates, controls=controls, ks=_ints(ks, "--ks"),
-                    device=device, allow_split_overlap=allow_split_overlap)
+                    device=device, allow_split_overlap=allow_split_overlap,
+                    allow_incomplete=allow_incomplete)
     if curves:
         for cache in caches:
             pairs = sorted({(r.point, r.pooling) for r in results if r.cache == str(cache)})

@@ -1,4 +1,5 @@
-"""`medfrag-probe vqa` (generate and score answers) and `medfrag-probe vqa import` (score answers made elsewhere)."""
+"""`medfrag-probe vqa` (generate and score answers), `vqa import` (score answers made elsewhere) and `vqa export`
+(a task with its data for VLMEvalKit and lmms-eval)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import typer
 
 from .options import Device, Dtype, TrustRemoteCode
 
-app = typer.Typer(no_args_is_help=True, invoke_without_command=True,
+app = typer.Typer(no_args_is_help=True, invoke_without_command=True, rich_markup_mode=None,
                   help="Ask a VLM the task's questions under controls; parse, score and measure robustness.")
 
-Task = Annotated[str, typer.Option("--task", "-t", help="Task name under configs/tasks/ or a path to a task file.")]
+Task = Annotated[str, typer.Option("--task", "-t", help="Task name under configs/tasks/, a path to a task file, or "
+                                   "hf-questions (the data set's own closed questions).")]
 
 
 @app.callback()
@@ -20,9 +22,10 @@ def vqa_command(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A VLM spec (see `models`).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Data spec (imagefolder:, manifest:, "
-                                                "medmnist:, synth:).")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name under configs/tasks/ or a path to "
-                                                "a task file.")] = None,
+                                                "medmnist:, hf-dataset:, synth:).")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name under configs/tasks/, a path to a "
+                                                "task file, or hf-questions (the data set's own closed "
+                                                "questions).")] = None,
     conditions: Annotated[str, typer.Option(help="image, no-image, blank, swap (comma-separated).")] = "image",
     prompts: Annotated[Optional[str], typer.Option(help="Keep these prompt ids or kinds (yes_no, multiple_choice, "
                                                    "open, describe, paraphrase); default all.")] = None,
@@ -67,8 +70,8 @@ def _report(summary: dict, out: Path) -> None:
 
 @app.command("import", no_args_is_help=True)
 def import_command(
-    file: Annotated[Path, typer.Argument(help="Answers made elsewhere: JSONL, JSON, CSV or TSV (lmms-eval samples, "
-                                         "VLMEvalKit predictions, or sample_id/prompt_id/response rows).")],
+    file: Annotated[Path, typer.Argument(help="Answers made elsewhere: JSONL, JSON, CSV, TSV or XLSX (lmms-eval "
+                                         "samples, VLMEvalKit predictions, or sample_id/prompt_id/response rows).")],
     data: Annotated[str, typer.Option("--data", "-d", help="The data spec the answers are about.")],
     task: Task,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("probes/vqa-import"),
@@ -86,3 +89,26 @@ def import_command(
     summary = import_answers(file, data, task, out=out, model=model, id_field=id_field, by_position=by_position,
                              condition=condition, kind=kind)
     _report(summary, out)
+
+
+@app.command("export", no_args_is_help=True)
+def export_command(
+    data: Annotated[str, typer.Option("--data", "-d", help="Data spec of the images to ask about.")],
+    task: Task,
+    out: Annotated[Path, typer.Option(help="Output folder (vlmevalkit/ and lmms_eval/ go under it).")],
+    prompts: Annotated[Optional[str], typer.Option(help="Keep these prompt ids or kinds; default every yes_no, "
+                                                   "multiple_choice and open prompt.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="all, train, val or test (default: test when the data has "
+                                                 "splits, else all).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most N samples (a seeded subset).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
+    name: Annotated[Optional[str], typer.Option(help="Dataset/task name in the harnesses (default "
+                                                "medfrag_TASK).")] = None,
+) -> None:
+    """Write the task with its images as a VLMEvalKit custom-dataset TSV and an lmms-eval task; answer with those
+    harnesses, then score their prediction files with `vqa import`."""
+    from ..vqa.export import export_task
+
+    paths = export_task(data, task, out, prompts=prompts, split=split, limit=limit, seed=seed, name=name)
+    typer.echo(f"{paths['questions']} questions about {paths['images']} images -> {paths['vlmevalkit']} and "
+               f"{paths['lmms_eval']}")

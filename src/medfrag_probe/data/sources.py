@@ -48,8 +48,9 @@ class DataSource:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def image(self, index: int) -> Image.Image:
-        """The RGB image of sample `index`; raises `ImageError` when it cannot be decoded."""
+    def image(self, index: int, *, keep_side: int | None = None) -> Image.Image:
+        """The RGB image of sample `index`; raises `ImageError` when it cannot be decoded. `keep_side` allows a very
+        large image to be decoded at a reduced size whose shorter side stays >= `keep_side` (see `data.images`)."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -83,7 +84,7 @@ def register_source(kind: str):
 
 def open_source(spec: str) -> DataSource:
     """Open a data spec such as `imagefolder:DIR`, `manifest:FILE.csv` or `synth:brain-mri?n=200`."""
-    from . import synth  # noqa: F401  (registers synth:)
+    from . import hf_datasets, synth  # noqa: F401  (register hf-dataset: and synth:)
 
     parsed = parse_spec(spec, kinds=set(SOURCES), what="data")
     source = SOURCES[parsed.kind](parsed)
@@ -108,6 +109,16 @@ def _normal_split(value: str, where: str) -> str:
     return _SPLIT_ALIASES[value]
 
 
+def takes_keep_side(source: DataSource) -> bool:
+    """Whether a (possibly user-written) source accepts the `keep_side` decode hint of `DataSource.image`."""
+    import inspect
+
+    try:
+        return "keep_side" in inspect.signature(source.image).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class FileSource(DataSource):
     """Samples that are image files on disk (imagefolder and manifest)."""
 
@@ -115,8 +126,8 @@ class FileSource(DataSource):
         self.spec, self.root, self.samples, self.classes = spec.text, root, samples, classes
         self.nifti_slice = spec.get("slice", None, int)
 
-    def image(self, index: int) -> Image.Image:
-        return load_image(self.root / self.samples[index].path, nifti_slice=self.nifti_slice)
+    def image(self, index: int, *, keep_side: int | None = None) -> Image.Image:
+        return load_image(self.root / self.samples[index].path, nifti_slice=self.nifti_slice, keep_side=keep_side)
 
 
 def patient_pattern(spec: Spec) -> re.Pattern | None:
@@ -272,7 +283,7 @@ class ArraySource(DataSource):
     def __init__(self, spec: Spec, images: np.ndarray, samples: list[Sample], classes: tuple[str, ...]):
         self.spec, self.images, self.samples, self.classes = spec.text, images, samples, classes
 
-    def image(self, index: int) -> Image.Image:
+    def image(self, index: int, *, keep_side: int | None = None) -> Image.Image:
         from .images import array_to_rgb
 
         return to_rgb(array_to_rgb(self.images[index]))

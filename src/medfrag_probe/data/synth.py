@@ -224,7 +224,7 @@ class SynthSource(DataSource):
         irng = np.random.default_rng([self.seed, task_id, patient, image + 1])
         return self.task.render(prng, irng, self.samples[index].label, self.difficulty, self.size)
 
-    def image(self, index: int) -> Image.Image:
+    def image(self, index: int, *, keep_side: int | None = None) -> Image.Image:
         return Image.fromarray(self.array(index), "RGB")
 
 

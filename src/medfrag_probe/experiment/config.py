@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._yaml import locate, read
+from .._yaml import configs_dir, locate, read
 from ..errors import UserError
 
 TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
@@ -93,9 +93,8 @@ class Config:
 
 
 def experiments_dir() -> Path:
-    """`configs/experiments/` of the repository (or of the working directory)."""
-    here = Path(__file__).resolve().parents[3] / "configs" / "experiments"
-    return here if here.is_dir() else Path("configs") / "experiments"
+    """The shipped `configs/experiments/` (inside the installed package, or the repository's in a checkout)."""
+    return configs_dir("experiments")
 
 
 def load_config(name_or_path: str | Path) -> Config:

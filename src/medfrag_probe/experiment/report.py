@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -57,11 +58,11 @@ class _Doc:
 
     def heading(self, text: str, level: int = 2, anchor: str = "") -> None:
         self.html.append(f"<h{level} id='{anchor}'>{html.escape(text)}</h{level}>")
-        self.md.append(f"\n{'#' * level} {text}\n")
+        self.md.append(f"\n{'#' * level} {md_escape(text)}\n")
 
     def text(self, text: str, css: str = "note") -> None:
         self.html.append(f"<p class='{css}'>{html.escape(text)}</p>")
-        self.md.append(text + "\n")
+        self.md.append(md_escape(text) + "\n")
 
     def table(self, header: list[str], rows: list[list], *, left: int = 1) -> None:
         cells = "".join(f"<th class='{'l' if i < left else ''}'>{html.escape(h)}</th>" for i, h in enumerate(header))
@@ -77,8 +78,9 @@ class _Doc:
                 tds.append(f"<td class='{'l' if i < left else ''}'>{shown}</td>")
             body.append("<tr>" + "".join(tds) + "</tr>")
         self.html.append(f"<div class='scroll'><table><tr>{cells}</tr>{''.join(body)}</table></div>")
-        self.md.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        self.md.extend("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows)
+        self.md.append("| " + " | ".join(md_escape(h) for h in header) + " |\n|" + "---|" * len(header))
+        self.md.extend("| " + " | ".join(md_escape(_cell(v)) if isinstance(v, str) else _cell(v) for v in row) + " |"
+                       for row in rows)
         self.md.append("")
 
     def figure(self, path: Path | None, caption: str) -> None:
@@ -87,10 +89,21 @@ class _Doc:
         data = base64.b64encode(path.read_bytes()).decode()
         self.html.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        self.md.append(f"![{caption}]({path.relative_to(self.folder)})\n")
+        self.md.append(f"![{md_escape(caption)}](<{path.relative_to(self.folder).as_posix()}>)\n")
 
     def raw(self, snippet: str) -> None:
         self.html.append(snippet)
+
+
+_MD_SPECIAL = set("\\`*_[]|~")
+
+
+def md_escape(text: str) -> str:
+    """Text as Markdown shows it literally: punctuation that Markdown reads is backslash-escaped, HTML is written
+    as entities (no tag or script survives), and a line break cannot end a table row."""
+    text = html.escape(str(text), quote=False).replace("\r", " ").replace("\n", " ")
+    text = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
+    return "\\" + text if text[:1] in ("#", "+", "-", "=") else text  # not a heading or a list item
 
 
 def _cell(value) -> str:
@@ -173,7 +186,7 @@ class _Study:
 
 def _header(doc: _Doc, study: _Study) -> None:
     doc.raw(f"<h1>{html.escape(study.name)}</h1>")
-    doc.md.append(f"# {study.name}\n")
+    doc.md.append(f"# {md_escape(study.name)}\n")
     if study.config.get("description"):
         doc.text(str(study.config["description"]).strip(), "lead")
     doc.text(f"{len(study.model_order)} models x {len(study.data_order)} tasks; finished "
@@ -533,4 +546,5 @@ def _provenance(doc: _Doc, study: _Study) -> None:
              f"Last run: {study.run.get('finished')} ({study.run.get('seconds')} s).")
     doc.heading("The config as run", level=3)
     doc.raw(f"<pre>{html.escape(study.config_text)}</pre>")
-    doc.md.append("```yaml\n" + study.config_text + "\n```")
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", study.config_text)), default=0))
+    doc.md.append(f"{fence}yaml\n{study.config_text}\n{fence}")

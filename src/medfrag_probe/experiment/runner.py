@@ -18,8 +18,6 @@ Layout under `out`: `cache/` (embeddings), `probes/seed-S/MODEL__TASK/`, `vqa/MO
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,7 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from .._log import info
+from .._fs import atomic_write, output_lock, remove_stale_tmp
+from .._log import info, warn
+from .._provenance import device_info, versions
 from ..errors import UserError
 from .config import Config, ModelEntry, TaskEntry, load_config
 
@@ -67,9 +67,7 @@ class _Stamps:
         return self._path(name).is_file()
 
     def mark(self, name: str, identity: dict) -> None:
-        tmp = self._path(name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(identity, sort_keys=True, default=str))
-        os.replace(tmp, self._path(name))
+        atomic_write(self._path(name), json.dumps(identity, sort_keys=True, default=str))
 
 
 def run(config, *, out: str | Path | None = None) -> dict:
@@ -78,6 +76,13 @@ def run(config, *, out: str | Path | None = None) -> dict:
     out = Path(out or config.out)
     check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, folder=True, what="study folder"):
+        remove_stale_tmp(out)
+        remove_stale_tmp(out / ".stamps")
+        return _run_locked(config, out)
+
+
+def _run_locked(config: Config, out: Path) -> dict:
     if Path(config.path).is_file():
         shutil.copyfile(config.path, out / "config.yaml")
     stamps, log = _Stamps(out), []
@@ -154,7 +159,7 @@ def warn_image_level(datas) -> list[str]:
         if len({s.group for s in samples}) == len(samples):
             flat.append(data)
     if flat:
-        info(f"warning: no patient ids in {', '.join(flat)}: splits, controls and intervals are image-level; give "
+        warn(f"no patient ids in {', '.join(flat)}: splits, controls and intervals are image-level; give "
              "patient ids (imagefolder:DIR?group=REGEX, or a manifest with a group column) where images share "
              "patients")
     return flat
@@ -306,9 +311,6 @@ def _bridge(units: list[Unit], config: Config, out: Path, stamps: _Stamps, log: 
 
 
 def _write_run(out: Path, config: Config, units: list[Unit], log: list, *, seconds: float) -> None:
-    import torch
-    import transformers
-
     previous = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     record = {"name": config.name, "config": config.path, "finished": datetime.now(timezone.utc).isoformat(
               timespec="seconds"), "seconds": round(seconds, 2), "stages": log,
@@ -317,14 +319,14 @@ def _write_run(out: Path, config: Config, units: list[Unit], log: list, *, secon
               if previous else [],
               "units": [{"key": u.key, "model": u.model.spec, "label": u.model.label, "task": u.task.task,
                          "task_label": u.task.label, "data": u.data, "variant": u.variant} for u in units],
-              "versions": {"medfrag_probe": __version__, "torch": torch.__version__,
-                           "transformers": transformers.__version__, "python": platform.python_version()}}
-    tmp = out / ".run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / "run.json")
+              "versions": versions(), "device": device_info(config.extract.get("device", "cpu"))}
+    atomic_write(out / "run.json", json.dumps(record, indent=1))
 
 
 def check_output_folder(out: Path) -> None:
     """Refuse to run into a folder that holds something other than a study's outputs."""
-    if out.exists() and any(out.iterdir()) and not (out / "run.json").is_file() and not (out / ".stamps").is_dir():
+    if out.is_file():
+        raise UserError(f"--out {out} is a file; a study writes a folder")
+    held = [p for p in out.iterdir() if p.name != ".lock"] if out.is_dir() else []
+    if held and not (out / "run.json").is_file() and not (out / ".stamps").is_dir():
         raise UserError(f"{out} is not empty and holds no study (no run.json); choose another --out")

@@ -67,6 +67,33 @@ def find_module(root: nn.Module, candidates: Sequence[str], *, what: str, requir
     return None
 
 
+def processor_side(processor) -> int | None:
+    """The largest output side of a transformers image processor or a torchvision transform (None if unknown)."""
+    proc = getattr(processor, "image_processor", processor)
+    sides: list[float] = []
+    # Qwen2-VL-style processors (patch merging, dynamic resolution) keep pixel counts in shortest/longest_edge
+    counts = hasattr(proc, "merge_size")
+    for attr in ("size", "crop_size"):
+        value = getattr(proc, attr, None)
+        if isinstance(value, (int, float)):
+            sides.append(float(value))
+            continue
+        for key in ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width", "max_pixels"):
+            item = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if isinstance(item, (int, float)) and item > 0:
+                pixels = key == "max_pixels" or (counts and key.endswith("_edge"))
+                sides.append(float(item) ** 0.5 if pixels else float(item))
+    if isinstance(getattr(proc, "max_pixels", None), (int, float)):  # Qwen2-VL's dynamic resolution
+        sides.append(float(proc.max_pixels) ** 0.5)
+    for step in getattr(proc, "transforms", []) or []:  # torchvision Compose (open_clip, timm)
+        size = getattr(step, "size", None)
+        if isinstance(size, int):
+            sides.append(float(size))
+        elif isinstance(size, (tuple, list)):
+            sides += [float(v) for v in size if isinstance(v, (int, float))]
+    return int(max(sides)) if sides else None
+
+
 def tensor_digest(modules: dict[str, nn.Module | None]) -> str:
     """SHA-256 over the parameters and persistent buffers of `modules` (names relative to each module)."""
     digest = hashlib.sha256()
@@ -101,6 +128,19 @@ class Adapter:
     def prepare(self, images: list, prompt: str | None = None) -> dict[str, torch.Tensor]:
         """Turn RGB images (and an optional task prompt) into model inputs."""
         raise NotImplementedError
+
+    def input_side(self) -> int | None:
+        """The largest side, in pixels, that the processor resizes images to (None when it cannot be read).
+
+        Used to decode very large images at a reduced size: nothing the model sees is lost below this size."""
+        return processor_side(self.processor)
+
+    def decode_side(self) -> int:
+        """Images may be decoded at a reduced size whose shorter side stays >= twice the processor's largest input
+        side and >= 1,024 px (2,048 px when the input side is unknown); see `data.images`. Images under twice this
+        side are never touched."""
+        side = self.input_side()
+        return max(2 * side, 1024) if side else 2048
 
     def chat_inputs(self, prompts: list[str], images: list | None = None) -> dict[str, torch.Tensor]:
         """Left-padded model inputs for one chat turn per prompt, each with its image (or none: text only)."""

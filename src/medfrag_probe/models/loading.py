@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -30,14 +32,34 @@ def resolve_spec(spec: str) -> Spec:
             from .tiny import TINY
 
             raise bad_choice("model", spec, sorted(PRESETS) + [f"tiny:{name}" for name in sorted(TINY)] +
-                             ["hf:ORG/NAME", "hf:/local/dir", "open_clip:ARCH[/PRETRAINED]", "timm:NAME"])
+                             ["hf:ORG/NAME", "hf:ORG/NAME@REVISION", "hf:/local/dir", "open_clip:ARCH[/PRETRAINED]",
+                              "timm:NAME"])
         spec = PRESETS[spec].spec
     parsed = parse_spec(spec, kinds=MODEL_KINDS, what="model")
     if parsed.kind == "tiny":
         from .tiny import tiny_spec
 
         return parse_spec(tiny_spec(parsed.target), kinds=MODEL_KINDS, what="model")
+    if parsed.kind == "hf" and "@" in parsed.target and not Path(parsed.target).expanduser().exists():
+        return replace(parsed, target=pinned_snapshot(*parsed.target.rsplit("@", 1)))
     return parsed
+
+
+def pinned_snapshot(repo_id: str, revision: str) -> str:
+    """`hf:ORG/NAME@REV`: the local snapshot folder of that exact Hub revision (a commit, tag or branch), fetched
+    once into the Hugging Face cache (or found there when offline). Every later load reads that folder, so the
+    processor, config and weights all come from the one revision."""
+    if not repo_id or not revision:
+        raise UserError(f"model spec hf:{repo_id}@{revision}: give both a repository and a revision, "
+                        "e.g. hf:llava-hf/llava-1.5-7b-hf@a272c74")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - no network, unknown revision, gated repository: one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot get revision {revision!r} of {repo_id} ({type(exc).__name__}: {first}); with "
+                        "HF_HUB_OFFLINE=1 the revision must already be in the Hugging Face cache") from None
 
 
 def architecture_of(parsed: Spec, *, trust_remote_code: bool = False) -> str:

@@ -1,15 +1,15 @@
 """`tiny:ARCH`: small random models of the real architecture classes, for tests and the demo.
 
-Each is built deterministically (fixed seed) into `$MEDFRAG_CACHE/models/tiny-ARCH-v1/` (default `cache/`) with
-its processor and a small BPE tokenizer, saved with `save_pretrained`, and then loaded back through exactly the
-code path of a real checkpoint (`hf:DIR`, `open_clip:local-dir:DIR`, `timm:NAME?checkpoint=FILE`). Nothing is
-downloaded. A build goes to a temporary directory that is renamed into place, so a crash never leaves half a model.
+Each is built deterministically (fixed seed) into `CACHE/models/tiny-ARCH-VERSION/` (CACHE: `$MEDFRAG_CACHE`,
+default `~/.cache/medfrag-probe`) with its processor and a small BPE tokenizer, saved with `save_pretrained`, and then
+loaded back through exactly the code path of a real checkpoint (`hf:DIR`, `open_clip:local-dir:DIR`,
+`timm:NAME?checkpoint=FILE`). Nothing is downloaded. A build goes to a temporary directory that is renamed into place,
+so a crash never leaves half a model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .._fs import cache_root
 from ..errors import bad_choice
 
 VERSION = "v3"
@@ -29,11 +30,6 @@ WORDS = ("yes no the image shows a an is there this of in on with what which doe
          "tumor tumour mass glioma meningioma pituitary no_tumor chest x-ray xray pneumonia normal lung opacity "
          "skin lesion benign malignant histology tissue nuclei patch question option A B C D user assistant model "
          "diagnosis likely cannot sure not present absent finding").split()
-
-
-def cache_root() -> Path:
-    """Where generated content goes: `$MEDFRAG_CACHE` or `./cache`."""
-    return Path(os.environ.get("MEDFRAG_CACHE", "cache"))
 
 
 def _tiny(name: str, registry: dict | None = None):

@@ -38,7 +38,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
         probe = LinearProbe().fit(X_train, y_train, groups=patients)
         probe.C_, probe.predict_proba(X_test)
+
+    Inside a scikit-learn `Pipeline` (or `cross_validate`), the patient groups reach the inner C search through
+    metadata routing: `LinearProbe` requests `groups` for `fit` by default, so with
+    `sklearn.set_config(enable_metadata_routing=True)`, `make_pipeline(StandardScaler(), LinearProbe()).fit(X, y,
+    groups=patients)` chooses C by grouped inner folds, exactly as a bare `fit` does.
     """
+
+    __metadata_request__fit = {"groups": True}  # route patient groups to the inner C search by default
 
     def __init__(self, *, Cs: Sequence[float] = DEFAULT_CS, inner_folds: int = 3, max_iter: int = 500,
                  tol: float = 1e-4, patience: int | None = 2, device: str = "cpu", random_state: int = 0):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._log import info
+from .._log import info, warn
 from ..cache import EmbeddingCache
 from ..errors import UserError, bad_choice
 from ..models.loading import resolve_device
@@ -102,10 +102,13 @@ class _Task:
 
 def probe(caches, *, points: str | None = None, poolings: str | None = None, probes=("linear", "knn"),
           out: str | Path = "probes", folds: int = 5, seed: int = 0, replicates: int = 1000, controls: bool = True,
-          ks=None, device: str = "auto", figures: bool = True, allow_split_overlap: bool = False) -> list[ProbeResult]:
+          ks=None, device: str = "auto", figures: bool = True, allow_split_overlap: bool = False,
+          allow_incomplete: bool = False) -> list[ProbeResult]:
     """Probe every matching (point, pooling) of each cache; write results under `out`; return the results.
 
-    Given train/val/test splits that share a patient are refused unless `allow_split_overlap`.
+    Given train/val/test splits that share a patient are refused unless `allow_split_overlap`. A cache whose
+    extraction has not finished (samples neither extracted nor failed) is refused unless `allow_incomplete`: the
+    finished rows of a stopped run are not a random sample of the data. Failed images never block a probe.
 
     `device="auto"` runs the kNN search and the logistic-regression solver on CUDA when present, else on the CPU.
     """
@@ -113,6 +116,8 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     device = str(resolve_device(device))
     out = Path(out)
     opened = [EmbeddingCache(path) for path in ([caches] if isinstance(caches, (str, Path)) else caches)]
+    for cache in opened:
+        _check_finished(cache, allow_incomplete=allow_incomplete)
     (out / "predictions").mkdir(parents=True, exist_ok=True)  # only once every cache opened: no stray folders
     results: list[ProbeResult] = []
     for cache in opened:
@@ -138,6 +143,16 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
 def _fmt(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
+
+
+def _check_finished(cache: EmbeddingCache, *, allow_incomplete: bool) -> None:
+    left = cache.unfinished
+    if left and not allow_incomplete:
+        raise UserError(f"cache {cache.path} is an unfinished extraction: {left} of {len(cache)} samples are neither "
+                        "extracted nor failed; re-run the same extract command to finish it, or pass "
+                        "--allow-incomplete to probe the finished rows only")
+    if left:
+        warn(f"cache {cache.path}: probing {len(cache) - left} finished rows; {left} samples were never extracted")
 
 
 def _check_probes(probes) -> list[str]:

@@ -3,14 +3,16 @@
     from medfrag_probe.vqa.importer import import_answers
     import_answers("samples_brain.jsonl", "imagefolder:/data/brain", "brain-tumor-mri", model="llava-1.5-7b")
 
-Accepted files: JSONL, a JSON list, CSV or TSV (export spreadsheets to CSV or TSV first). Per row:
+Accepted files: JSONL, a JSON list, CSV, TSV or .xlsx (VLMEvalKit's default; first sheet). Per row:
 
-- sample: `sample_id` or the first of `id, image_id, image, image_path, doc.id, doc.image_id, doc.image_path, index,
-  doc_id, question_id` that matches the data's sample ids (a path matches by its tail); `id_field` names another
-  (dotted paths reach into nested records); `by_position` reads integer ids as positions in the data.
-- prompt: `prompt_id`, else the question text (`question, prompt, input, doc.question`) matched to a task prompt;
-  a question with option columns (`A, B, C, ...`, the VLMEvalKit layout) becomes a multiple-choice prompt whose
-  options are mapped to task classes; other unmatched questions need `kind` (yes_no or open).
+- sample: `sample_id` (or `doc.sample_id`) or the first of `id, image_id, image, image_path, doc.id, doc.image_id,
+  doc.image_path, index, doc_id, question_id` that matches the data's sample ids (a path matches by its tail);
+  `id_field` names another (dotted paths reach into nested records); `by_position` reads integer ids as positions
+  in the data.
+- prompt: `prompt_id` (or `doc.prompt_id`), else the question text (`question, prompt, input, doc.question`)
+  matched to a task prompt; a question with option columns (`A, B, C, ...`, the VLMEvalKit layout) becomes a
+  multiple-choice prompt whose options are mapped to task classes; other unmatched questions need `kind` (yes_no or
+  open).
 - response: the first of `response, prediction, filtered_resps, resps, output, pred, text` (lists are unwrapped;
   `answer` is never read as the response: it holds the ground truth in VLMEvalKit files).
 - condition: `condition` when present, else `condition` argument (default image).
@@ -25,14 +27,15 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+from .._fs import atomic_write
 from ..data.sources import DataSource, open_source
 from ..errors import UserError, bad_choice
 from .parse import normalise, parse_class
-from .run import CONDITIONS, _atomic, _record, map_classes
+from .run import CONDITIONS, _record, map_classes
 from .tasks import Prompt, Task, load_task
 
-ID_FIELDS = ("sample_id", "id", "image_id", "image", "image_path", "doc.id", "doc.image_id", "doc.image_path", "index",
-             "doc_id", "question_id")
+ID_FIELDS = ("sample_id", "doc.sample_id", "id", "image_id", "image", "image_path", "doc.id", "doc.image_id",
+             "doc.image_path", "index", "doc_id", "question_id")
 QUESTION_FIELDS = ("question", "prompt", "input", "doc.question")
 RESPONSE_FIELDS = ("response", "prediction", "filtered_resps", "resps", "output", "pred", "text")
 KINDS = ("yes_no", "open")
@@ -66,13 +69,13 @@ def import_answers(file, data, task, *, out: str | Path = "probes/vqa-import", m
         raise UserError(f"{path} has no answers under the image condition")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "answers.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    atomic_write(out / "answers.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
     summary = summarise(records, task)
     summary.update(model=model or f"imported:{path.stem}", data=source.spec, task=task.name, classes=list(task.classes),
                    model_fingerprint="", data_fingerprint=source.fingerprint(), vision_fingerprint="",
                    class_map={source.classes[k]: v for k, v in class_map.items()}, imported_from=str(path),
                    prompts_added=[p.id for p in prompts.added])
-    _atomic(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -81,8 +84,10 @@ def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"answers file {path} not found")
     suffix = path.suffix.lower()
-    if suffix in (".xlsx", ".xls"):
-        raise UserError(f"{path}: spreadsheets are not read; save it as CSV or TSV (same columns) and import that")
+    if suffix == ".xlsx":
+        return _xlsx_rows(path)
+    if suffix == ".xls":
+        raise UserError(f"{path}: the old binary .xls format is not read; save it as .xlsx, CSV or TSV")
     text = path.read_text(encoding="utf-8-sig")
     try:
         if suffix == ".jsonl":
@@ -93,12 +98,45 @@ def read_rows(path: Path) -> list[dict]:
         elif suffix in (".csv", ".tsv"):
             rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
         else:
-            raise bad_choice("answers file type", suffix or "(none)", [".jsonl", ".json", ".csv", ".tsv"])
+            raise bad_choice("answers file type", suffix or "(none)", [".jsonl", ".json", ".csv", ".tsv", ".xlsx"])
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"{path} holds no answer records (expected one object per row)")
     return rows
+
+
+def _xlsx_rows(path: Path) -> list[dict]:
+    """Rows of the first sheet of an .xlsx file (VLMEvalKit's default prediction format): the first row names the
+    columns; numbers are read as text the way a TSV would give them."""
+    try:
+        import openpyxl
+    except ImportError:
+        raise UserError(f"{path}: reading .xlsx needs openpyxl: pip install 'medfrag-probe[xlsx]' (or save the "
+                        "sheet as TSV)") from None
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # noqa: BLE001 - not a workbook, damaged zip
+        raise UserError(f"{path} is not a readable .xlsx workbook ({type(exc).__name__})") from None
+    try:
+        sheet = book.worksheets[0]
+        lines = sheet.iter_rows(values_only=True)
+        header = [str(h).strip() if h is not None else "" for h in next(lines, ())]
+        rows = [{h: _cell(v) for h, v in zip(header, line) if h} for line in lines
+                if any(v is not None and str(v).strip() for v in line)]
+    finally:
+        book.close()
+    if not rows:
+        raise UserError(f"{path} holds no answer records (an empty first sheet)")
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _get(row: dict, dotted: str):
@@ -138,8 +176,9 @@ class _SampleLocator:
         self.field = id_field or self._detect(rows, path)
 
     def _detect(self, rows: list[dict], path: Path) -> str:
-        if all(_get(r, "sample_id") is not None for r in rows):
-            return "sample_id"  # declared: used as is, so a wrong id is reported row by row
+        for declared in ("sample_id", "doc.sample_id"):  # used as is, so a wrong id is reported row by row
+            if all(_get(r, declared) is not None for r in rows):
+                return declared
         for name in ID_FIELDS:
             values = [_get(r, name) for r in rows[:50]]
             if all(v is not None for v in values) and any(self._find(v) is not None for v in values):
@@ -192,7 +231,8 @@ class _PromptMatcher:
         """Prompt id; else the exact rendered prompt; else option columns; else the question text (exact, then
         the longest task question it contains); else a new prompt of the declared kind."""
         prompt_id = _get(row, "prompt_id")
-        if prompt_id is not None:
+        prompt_id = _get(row, "doc.prompt_id") if prompt_id in (None, "") else prompt_id
+        if prompt_id not in (None, ""):
             if str(prompt_id) not in self.by_id:
                 raise bad_choice(f"prompt id ({where})", str(prompt_id), sorted(self.by_id))
             return self.by_id[str(prompt_id)]

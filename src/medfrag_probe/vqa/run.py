@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -27,12 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._fs import atomic_write, output_lock, remove_stale_tmp
 from .._log import info, is_quiet
+from .._provenance import device_info, versions
 from ..data.images import ImageError
-from ..data.sources import DataSource, open_source
+from ..data.sources import DataSource, open_source, takes_keep_side
 from ..errors import UserError, bad_choice
 from .parse import Parsed, parse_class, parse_option, parse_yes_no
-from .tasks import Prompt, Task, load_task
+from .tasks import QUESTIONS_TASK, Prompt, Task, load_task, questions_task
 
 CONDITIONS = ("image", "no-image", "blank", "swap")
 ANSWER_MODES = ("generate", "score")
@@ -102,8 +103,13 @@ def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Pa
 
         check_method(describe_with)
     _check_numbers(batch_size=batch_size, max_new_tokens=max_new_tokens, describe_tokens=describe_tokens)
-    task = task if isinstance(task, Task) else load_task(task)
     source = data if isinstance(data, DataSource) else open_source(data)
+    if task == QUESTIONS_TASK:
+        task = questions_task(source)
+        if "swap" in conditions:
+            raise UserError("the image-swap control needs the answer to a question about the swapped image, which a "
+                            f"question set does not give; drop 'swap' from the conditions of task {QUESTIONS_TASK}")
+    task = task if isinstance(task, Task) else load_task(task)
     class_map = map_classes(task, source)
     chosen = select_prompts(task, prompts)
     rows = select_samples(source, split=split, limit=limit, seed=seed)
@@ -118,19 +124,24 @@ def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Pa
     identity = _identity(adapter, source, task, chosen, rows, conditions=conditions, seed=seed,
                          max_new_tokens=max_new_tokens, describe_tokens=describe_tokens,
                          **({"answer_mode": answer_mode} if answer_mode != "generate" else {}))
-    parts = _start(out, identity, overwrite=overwrite, rows={s.id: i for i, s in enumerate(source.samples)})
-    swaps = swap_partners(source, rows, seed=seed)
-    items = plan_items(chosen, rows, conditions)
-    start = time.perf_counter()
-    _generate_all(adapter, source, items, swaps, parts, batch_size=batch_size,
-                  tokens={"answer": max_new_tokens, "describe": describe_tokens}, scored=answer_mode == "score")
-    records = _score(task, source, class_map, chosen, rows, swaps, conditions, _read_parts(parts))
-    answered = {r.sample_id for r in records if r.condition == "image"}
-    extra = {"class_map": {source.classes[k]: v for k, v in class_map.items()},
-             "failed_samples": [source.samples[r].id for r in rows if source.samples[r].id not in answered]}
-    return _finish(records, out=out, parts=parts, task=task, source=source, adapter=adapter, identity=identity,
-                   seconds=time.perf_counter() - start, describe_with=describe_with, seed=seed, device=device,
-                   extra=extra)
+    if out.is_file():
+        raise UserError(f"--out {out} is a file; vqa writes a folder (answers.jsonl, summary.json)")
+    with output_lock(out, folder=True, what="VQA folder"):
+        remove_stale_tmp(out)
+        remove_stale_tmp(out / ".parts")
+        parts = _start(out, identity, overwrite=overwrite, rows={s.id: i for i, s in enumerate(source.samples)})
+        swaps = swap_partners(source, rows, seed=seed)
+        items = plan_items(chosen, rows, conditions, asks=task.asks)
+        start = time.perf_counter()
+        _generate_all(adapter, source, items, swaps, parts, batch_size=batch_size,
+                      tokens={"answer": max_new_tokens, "describe": describe_tokens}, scored=answer_mode == "score")
+        records = _score(task, source, class_map, chosen, rows, swaps, conditions, _read_parts(parts))
+        answered = {r.sample_id for r in records if r.condition == "image"}
+        extra = {"class_map": {source.classes[k]: v for k, v in class_map.items()},
+                 "failed_samples": [source.samples[r].id for r in rows if source.samples[r].id not in answered]}
+        return _finish(records, out=out, parts=parts, task=task, source=source, adapter=adapter, identity=identity,
+                       seconds=time.perf_counter() - start, describe_with=describe_with, seed=seed, device=device,
+                       extra=extra)
 
 
 def check_conditions(conditions) -> list[str]:
@@ -225,8 +236,10 @@ def swap_partners(source: DataSource, rows: np.ndarray, *, seed: int) -> dict[in
     return partners
 
 
-def plan_items(prompts: list[Prompt], rows: np.ndarray, conditions: list[str]) -> list[_Item]:
-    """Every generation to run, in a fixed order (descriptions only under the image condition)."""
+def plan_items(prompts: list[Prompt], rows: np.ndarray, conditions: list[str],
+               asks: dict[int, str] | None = None) -> list[_Item]:
+    """Every generation to run, in a fixed order (descriptions only under the image condition). With `asks`
+    (a question set's task), each sample gets only the prompt it maps to."""
     items = []
     for condition in conditions:
         for prompt in prompts:
@@ -235,7 +248,8 @@ def plan_items(prompts: list[Prompt], rows: np.ndarray, conditions: list[str]) -
             if condition in SHARED:
                 items.append(_Item(condition, prompt, -1))
             else:
-                items += [_Item(condition, prompt, int(row)) for row in rows]
+                items += [_Item(condition, prompt, int(row)) for row in rows
+                          if asks is None or asks.get(int(row)) == prompt.id]
     return items
 
 
@@ -269,7 +283,7 @@ def _start(out: Path, identity: dict, *, overwrite: bool, rows: dict[str, int]) 
     elif finished.is_file() and not meta.is_file():
         _restore_parts(out, parts, rows)
     parts.mkdir(parents=True, exist_ok=True)
-    _atomic(meta, json.dumps(identity, sort_keys=True))
+    atomic_write(meta, json.dumps(identity, sort_keys=True))
     return parts
 
 
@@ -283,13 +297,7 @@ def _restore_parts(out: Path, parts: Path, rows: dict[str, int]) -> None:
         sample = -1 if rec["condition"] in SHARED else rows[rec["sample_id"]]
         restored[item_key(rec["condition"], rec["prompt_id"], sample)] = {
             "response": rec["response"], **({"option_probs": rec["option_probs"]} if rec.get("option_probs") else {})}
-    _atomic(parts / "restored.jsonl", "".join(json.dumps({"key": k, **v}) + "\n" for k, v in restored.items()))
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(parts / "restored.jsonl", "".join(json.dumps({"key": k, **v}) + "\n" for k, v in restored.items()))
 
 
 def _key(item: _Item) -> str:
@@ -321,7 +329,7 @@ def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int
     todo = [(k, c) for k, c in enumerate(chunks) if not all(_key(item) in done for item in c)]
     if len(todo) < len(chunks):
         info(f"vqa: resuming; {len(chunks) - len(todo)} of {len(chunks)} chunks already answered")
-    images = _ImageCache(source)
+    images = _ImageCache(source, adapter)
     with tqdm(total=sum(len(c) for _, c in todo), desc="vqa", unit="answer", disable=is_quiet()) as bar:
         for k, chunk in todo:
             rows = []
@@ -330,7 +338,7 @@ def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int
                     rows.append({"key": _key(item), **(response if isinstance(response, dict)
                                                        else {"response": response})})
                 bar.update(len(batch))
-            _atomic(parts / f"chunk-{k:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write(parts / f"chunk-{k:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _batches(items: list[_Item], size: int, *, scored: bool = False):
@@ -347,8 +355,10 @@ def _batches(items: list[_Item], size: int, *, scored: bool = False):
 class _ImageCache:
     """Decoded images of the few rows a batch needs; a bad image is reported and answered as an empty response."""
 
-    def __init__(self, source: DataSource):
+    def __init__(self, source: DataSource, adapter=None):
         self.source = source
+        side = getattr(adapter, "decode_side", None)  # duck-typed adapters may not say
+        self.keep = {"keep_side": side()} if side is not None and takes_keep_side(source) else {}
         self.cache: dict[int, Image.Image | None] = {}
         self.errors: dict[int, str] = {}
 
@@ -357,7 +367,7 @@ class _ImageCache:
             if len(self.cache) > 256:
                 self.cache.clear()
             try:
-                self.cache[row] = self.source.image(row)
+                self.cache[row] = self.source.image(row, **self.keep)
             except ImageError as exc:
                 self.errors[row] = str(exc)
                 info(f"vqa: skipping {self.source.samples[row].id}: {exc}")
@@ -466,7 +476,8 @@ def implied_class(task: Task, prompt: Prompt, parsed: Parsed) -> str | None:
 def _score(task, source, class_map, prompts, rows, swaps, conditions, responses) -> list[VQARecord]:
     """One record per sample x prompt x condition, shared-condition answers scored against every sample."""
     records = []
-    for item in plan_items(prompts, rows, conditions):
+    asks = task.asks
+    for item in plan_items(prompts, rows, conditions, asks=asks):
         response = responses.get(_key(item))
         probs = None
         if isinstance(response, dict):
@@ -475,6 +486,8 @@ def _score(task, source, class_map, prompts, rows, swaps, conditions, responses)
             continue
         for row in (rows if item.sample < 0 else [item.sample]):
             if item.condition == "swap" and int(row) not in swaps:
+                continue
+            if asks is not None and asks.get(int(row)) != item.prompt.id:  # a shared answer to another question
                 continue
             records.append(_record(task, source, class_map, item.prompt, item.condition, int(row), response, swaps,
                                    probs))
@@ -504,19 +517,20 @@ def _finish(records, *, out, parts, task, source, adapter, identity, seconds, de
     """Write answers.jsonl, run the description pipeline, write summary.json, drop the parts."""
     from .measures import summarise
 
-    _atomic(out / "answers.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    atomic_write(out / "answers.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
     summary = summarise(records, task)
     summary.update(model=adapter.spec, data=source.spec, task=task.name, classes=list(task.classes),
                    model_fingerprint=identity["model_fingerprint"], data_fingerprint=identity["data_fingerprint"],
                    vision_fingerprint=identity["vision_fingerprint"], reads_point=adapter.reads_point or "",
-                   seconds=round(seconds, 2), identity=identity, **extra)
+                   seconds=round(seconds, 2), identity=identity, versions=versions(), device=device_info(device),
+                   **extra)
     if describe_with and any(r.kind == "describe" for r in records):
         from .describe import classify_descriptions
 
         summary["description"] = classify_descriptions(records, source=source, task=task, adapter=adapter,
                                                        method=describe_with, out=out / "description", seed=seed,
                                                        device=device)
-    _atomic(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     shutil.rmtree(parts, ignore_errors=True)
     info(f"vqa {adapter.spec} on {source.spec}: {headline(summary)}; wrote {out / 'answers.jsonl'}")
     return summary

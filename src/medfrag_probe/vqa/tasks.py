@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._yaml import locate, read
+from .._yaml import configs_dir, locate, read
 from ..errors import UserError, bad_choice
 
 TOP_KEYS = {"name", "description", "data", "classes", "positive", "yes_no", "multiple_choice", "open",
@@ -56,6 +56,7 @@ class Task:
     items: dict[str, list[dict]]
     paraphrases: list[dict]
     data: str = ""
+    asks: dict[int, str] | None = None  # sample index -> the one prompt id asked of it (a question set's own task)
 
     def prompts(self) -> list[Prompt]:
         """Every prompt; multiple-choice items appear with options in class order and in reverse order."""
@@ -87,9 +88,26 @@ class Task:
 
 
 def tasks_dir() -> Path:
-    """`configs/tasks/` of the repository (or of the working directory)."""
-    here = Path(__file__).resolve().parents[3] / "configs" / "tasks"
-    return here if here.is_dir() else Path("configs") / "tasks"
+    """The shipped `configs/tasks/` (inside the installed package, or the repository's in a checkout)."""
+    return configs_dir("tasks")
+
+
+QUESTIONS_TASK = "hf-questions"
+
+
+def questions_task(source) -> Task:
+    """The task of a closed-question data set (`hf-dataset:...?question=COL&answer=COL`): one yes/no prompt per
+    distinct question, and each sample asked only its own question; its expected answer is the sample's label."""
+    questions = getattr(source, "questions", None)
+    if not questions:
+        raise UserError(f"task {QUESTIONS_TASK!r} needs a data source with its own questions "
+                        "(hf-dataset:...?question=COL&answer=COL); this one has none")
+    ids = {text: f"q{k:05d}" for k, text in enumerate(dict.fromkeys(questions))}
+    return Task(name=QUESTIONS_TASK, description=f"the closed questions of {source.spec}",
+                classes={"no": ["no"], "yes": ["yes"]}, positive=("yes",),
+                items={"yes_no": [{"id": i, "text": t} for t, i in ids.items()], "multiple_choice": [], "open": [],
+                       "describe": []},
+                paraphrases=[], data=source.spec, asks={k: ids[q] for k, q in enumerate(questions)})
 
 
 def load_task(name_or_path: str) -> Task:

@@ -1,0 +1,57 @@
+"""Results as pandas DataFrames (pandas is optional: `pip install pandas`).
+
+    from medfrag_probe import results_frame
+    probes = results_frame("probes/demo/probes/seed-0")        # one row per (cache, point, pooling, probe)
+    answers = results_frame("probes/demo/vqa/tiny-llava__brain")  # one row per answer
+    verdicts = results_frame("probes/demo/bridge/seed-0")      # one row per (model, task, stage)
+
+A folder (or any folder under it) is read by what it holds: `results.jsonl` (probe results), `answers.jsonl` (VQA
+answers) or `bridge.jsonl` (bridge records); `kind` picks one when a folder holds several. Records found in several
+sub-folders are stacked, with a `source` column naming the file each row came from. Lists (confidence intervals,
+per-class recalls) stay as Python lists in their cells; `*_ci` pairs are also split into `*_low` / `*_high` columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError, bad_choice
+
+FILES = {"probe": "results.jsonl", "vqa": "answers.jsonl", "bridge": "bridge.jsonl"}
+
+
+def results_frame(path: str | Path, *, kind: str | None = None):
+    """A pandas DataFrame of the probe, VQA or bridge records in or under `path` (see module docs)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise UserError("results_frame needs pandas: pip install pandas") from None
+    if kind is not None and kind not in FILES:
+        raise bad_choice("results kind", kind, FILES)
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"{root} not found")
+    files = {k: _find(root, name) for k, name in FILES.items() if kind in (None, k)}
+    found = {k: v for k, v in files.items() if v}
+    if not found:
+        raise UserError(f"no results under {root}: looked for {', '.join(FILES[k] for k in files)}")
+    if len(found) > 1:
+        raise UserError(f"{root} holds {', '.join(sorted(found))} results; pick one with kind=...")
+    records = []
+    for file in next(iter(found.values())):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                records.append({**json.loads(line), "source": str(file)})
+    frame = pd.DataFrame.from_records(records)
+    for column in [c for c in frame.columns if c.endswith("_ci")]:
+        pairs = frame[column].map(lambda v: v if isinstance(v, (list, tuple)) and len(v) == 2 else (None, None))
+        frame[column[:-3] + "_low"] = pairs.map(lambda v: v[0])
+        frame[column[:-3] + "_high"] = pairs.map(lambda v: v[1])
+    return frame
+
+
+def _find(root: Path, name: str) -> list[Path]:
+    if root.is_file():
+        return [root] if root.name == name else []
+    return sorted(p for p in root.rglob(name) if ".parts" not in p.parts)
