@@ -14,11 +14,8 @@ def configs_dir(kind: str) -> Path:
     repository's top-level `configs/` at build time), or the repository's own folder in a source checkout."""
     from importlib.resources import files
 
-    try:
-        shipped = Path(str(files("medfrag_probe.configs"))) / kind
-    except (ModuleNotFoundError, TypeError):
-        shipped = None
-    if shipped is not None and shipped.is_dir():
+    shipped = Path(str(files("medfrag_probe") / "configs" / kind))  # a folder on disk: wheels install unzipped
+    if shipped.is_dir():
         return shipped
     return Path(__file__).resolve().parents[2] / "configs" / kind
 
