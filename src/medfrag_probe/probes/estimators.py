@@ -6,6 +6,7 @@ self, and they work with `clone`, pipelines and `cross_val_score`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,26 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .solver import logistic_path
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 8))
+
+
+SMALL_WORK = 20_000_000  # rows x features x problems x logit columns below which one CPU thread is fastest
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, work: float):
+    """Run small CPU solves on one torch thread. Their matrix products take microseconds, so extra intra-op threads
+    only add synchronisation, and on a machine shared with other jobs they spin against them (measured: a 240 x 64
+    probe fit took 0.23 s on one thread, 0.60 s on two, with one other job running). Large solves keep torch's
+    thread count (`torch.set_num_threads`, or OMP_NUM_THREADS, sets it)."""
+    if device.type != "cpu" or work >= SMALL_WORK or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _device(name: str) -> torch.device:
@@ -73,13 +94,16 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         yt = torch.from_numpy(np.concatenate([codes, checks[1]]) if checks[1] is not None else codes).to(dev)
         scales = torch.from_numpy(self._penalty_scales(X, masks)).to(dev)
         path, scores = [], []
-        for W, b in logistic_path(Xt, yt.long(), torch.from_numpy(masks).to(dev), Cs, n_classes=len(self.classes_),
-                                  max_iter=self.max_iter, tol=self.tol, penalty_scales=scales):
-            path.append((W, b))
-            if checks[0]:
-                scores.append(self._score(Xt, yt, W, b, checks[0]))
-                if _past_peak(scores, self.patience):
-                    break
+        work = Xt.shape[0] * Xt.shape[1] * len(masks) * max(len(self.classes_) - 1, 1)
+        with cpu_threads(dev, work):
+            for W, b in logistic_path(Xt, yt.long(), torch.from_numpy(masks).to(dev), Cs,
+                                      n_classes=len(self.classes_), max_iter=self.max_iter, tol=self.tol,
+                                      penalty_scales=scales):
+                path.append((W, b))
+                if checks[0]:
+                    scores.append(self._score(Xt, yt, W, b, checks[0]))
+                    if _past_peak(scores, self.patience):
+                        break
         self.cv_scores_ = np.array(scores)
         if checks[0]:
             best = int(np.argmax(self.cv_scores_))  # first maximum: the strongest regularisation among ties
@@ -228,11 +252,12 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         ks = sorted({int(min(k, len(self.codes_))) for k in ks})
         out = {k: [] for k in ks}
         chunk = self.chunk_size or max(1, min(8192, (self.memory_mb << 20) // (4 * len(self.codes_))))
-        for start in range(0, len(X), chunk):
-            query = self._prepare(torch.from_numpy(X[start:start + chunk]).to(self.train_.device))
-            sims, idx = self._neighbours(query, ks[-1])
-            for k in ks:
-                out[k].append(self._votes(sims[:, :k], idx[:, :k]))
+        with cpu_threads(self.train_.device, len(X) * self.train_.numel()):
+            for start in range(0, len(X), chunk):
+                query = self._prepare(torch.from_numpy(X[start:start + chunk]).to(self.train_.device))
+                sims, idx = self._neighbours(query, ks[-1])
+                for k in ks:
+                    out[k].append(self._votes(sims[:, :k], idx[:, :k]))
         return {k: np.concatenate(v) for k, v in out.items()}
 
     def _neighbours(self, query: torch.Tensor, k: int):
