@@ -206,6 +206,32 @@ def test_patient_groups_reach_the_inner_c_search_inside_a_pipeline(monkeypatch):
     LinearProbe(Cs=(0.01, 1.0)).fit(X, y)  # no routing, no groups: image-level inner folds, still fits
 
 
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_small_problem_solver_reaches_the_torch_solvers_objective(classes):
+    """SciPy's L-BFGS-B path (small CPU problems) and the batched torch path solve the same objective, per-problem
+    standardisation included: their objectives agree at every C of the walk."""
+    import torch
+
+    from medfrag_probe.probes import solver
+
+    rng = np.random.default_rng(classes)
+    y = rng.integers(0, classes, 200)
+    X = (rng.normal(size=(200, 12)) + np.eye(classes, 12)[y] * 1.5).astype(np.float32)
+    X = (X - X.mean(0)) / X.std(0)
+    masks = (rng.random((4, 200)) < 0.7).astype(np.float32)
+    masks[-1] = 1
+    scales = torch.from_numpy(rng.uniform(0.5, 2.0, (4, 12)).astype(np.float32))
+    Xt, yt, mt = torch.from_numpy(X), torch.from_numpy(y).long(), torch.from_numpy(masks)
+    Y = yt[:, None].float() if classes == 2 else torch.nn.functional.one_hot(yt, classes).float()
+    Cs = [0.001, 0.1, 10.0]
+    paths = [list(f(Xt, yt, mt, Cs, n_classes=classes, penalty_scales=scales, tol=1e-6))
+             for f in (solver.logistic_path, solver.logistic_path_cpu)]
+    for C, (Wa, ba), (Wb, bb) in zip(Cs, *paths):
+        losses = [float(solver._loss_grad(Xt, Xt.T.contiguous(), Y, mt, mt.sum(1), W, b, C, classes == 2, scales)[0])
+                  for W, b in ((Wa, ba), (Wb, bb))]
+        assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
+
+
 def test_knn_softmax_votes_by_hand():
     X = np.array([[1, 0], [0.9, 0.1], [0, 1]], np.float32)
     y = np.array([0, 0, 1])

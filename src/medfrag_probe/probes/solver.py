@@ -65,3 +65,52 @@ def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, 
 
         optimizer.step(closure)
         yield W.detach().clone(), b.detach().clone()
+
+
+def logistic_path_cpu(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500, tol: float = 1e-4,
+                      penalty_scales=None):
+    """`logistic_path` for small problems on the CPU: the same objective and warm-started walk, solved by SciPy's
+    L-BFGS-B on NumPy arrays in float64. For a few hundred rows the torch path spends its time in per-operation
+    overhead (one closure call costs ~0.7 ms, the product itself microseconds); this path costs a fraction of that.
+    Takes and yields torch tensors like `logistic_path`."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    Xn = X.detach().cpu().numpy().astype(np.float64)
+    XT = np.ascontiguousarray(Xn.T)
+    yn = y.detach().cpu().numpy()
+    M = masks.detach().cpu().numpy().astype(np.float64)
+    S = None if penalty_scales is None else penalty_scales.detach().cpu().numpy().astype(np.float64)
+    binary = n_classes == 2
+    K = 1 if binary else n_classes
+    Y = yn[:, None].astype(np.float64) if binary else np.eye(n_classes)[yn]
+    P, D = M.shape[0], Xn.shape[1]
+    n = np.maximum(M.sum(1), 1)
+    weight = (M / n[:, None]).T[:, :, None]  # N, P, 1
+    theta = np.zeros(P * D * K + P * K)
+
+    def fun(params, C):
+        W = params[:P * D * K].reshape(P, D, K)
+        b = params[P * D * K:].reshape(P, K)
+        Z = (Xn @ W.transpose(1, 0, 2).reshape(D, P * K)).reshape(-1, P, K) + b
+        if binary:
+            prob = 0.5 * (1 + np.tanh(0.5 * Z))  # a stable sigmoid
+            nll = np.logaddexp(0, Z) - Z * Y[:, None, :]
+        else:
+            Z = Z - Z.max(-1, keepdims=True)
+            logp = Z - np.log(np.exp(Z).sum(-1, keepdims=True))
+            prob = np.exp(logp)
+            nll = -(logp * Y[:, None, :])
+        SW = W if S is None else W * S[:, :, None]
+        loss = (nll * weight).sum() + ((W * SW).sum((1, 2)) / (2 * C * n)).sum()
+        G = (prob - Y[:, None, :]) * weight
+        gW = (XT @ G.reshape(-1, P * K)).reshape(D, P, K).transpose(1, 0, 2) + SW / (C * n)[:, None, None]
+        return loss, np.concatenate([gW.ravel(), G.sum(0).ravel()])
+
+    for C in Cs:
+        result = minimize(fun, theta, args=(float(C),), jac=True, method="L-BFGS-B",
+                          options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12, "maxcor": 20})
+        theta = result.x
+        W = torch.from_numpy(theta[:P * D * K].reshape(P, D, K).astype(np.float32)).to(X.device)
+        b = torch.from_numpy(theta[P * D * K:].reshape(P, K).astype(np.float32)).to(X.device)
+        yield W, b
