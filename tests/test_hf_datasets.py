@@ -23,7 +23,8 @@ def _image(value: int, size: int = 24):
 def classified(tmp_path_factory):
     """Three splits, ClassLabel names, a patient column; the class shows as image brightness."""
     folder = tmp_path_factory.mktemp("hf") / "xray"
-    features = datasets.Features({"image": datasets.Image(), "finding": datasets.ClassLabel(names=["normal", "pneumonia"]),
+    features = datasets.Features({"image": datasets.Image(),
+                                  "finding": datasets.ClassLabel(names=["normal", "pneumonia"]),
                                   "patient": datasets.Value("string")})
 
     def split(offset: int, n: int):
