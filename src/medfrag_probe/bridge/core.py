@@ -43,14 +43,15 @@ Attribution of the distance from a perfect answer: `vision_deficit = 1 - probe_s
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._fs import atomic_write
 from .._log import info
 from ..errors import UserError
 from ..probes.compare import read_predictions
@@ -528,22 +529,19 @@ def _delta(a: BridgeRecord, b: BridgeRecord, ja: _Joined, jb: _Joined, *, replic
 
 def _write_samples(join: _Joined, path: Path) -> None:
     names = {**dict(enumerate(join.classes)), **{code: name for name, code in MISSING_CODES.items()}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["sample_id", "group", "label", "probe_pred", "vqa_pred", "probe_correct", "vqa_correct"])
-        for i in range(len(join.ids)):
-            vqa = names[join.vqa_pred[i]]
-            writer.writerow([join.ids[i], join.groups[i], names[join.labels[i]], names[join.probe_pred[i]], vqa,
-                             int(join.probe_pred[i] == join.labels[i]), int(join.vqa_pred[i] == join.labels[i])])
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["sample_id", "group", "label", "probe_pred", "vqa_pred", "probe_correct", "vqa_correct"])
+    for i in range(len(join.ids)):
+        vqa = names[join.vqa_pred[i]]
+        writer.writerow([join.ids[i], join.groups[i], names[join.labels[i]], names[join.probe_pred[i]], vqa,
+                         int(join.probe_pred[i] == join.labels[i]), int(join.vqa_pred[i] == join.labels[i])])
+    atomic_write(path, buffer.getvalue())
 
 
 def _write(records: list[BridgeRecord], pairs: list[dict], out: Path) -> None:
     def atomic(name: str, text: str) -> None:
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, text)
 
     atomic("bridge.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
     atomic("pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))

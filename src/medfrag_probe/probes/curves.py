@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .._fs import atomic_write
 from ..cache import EmbeddingCache
 from .estimators import PROBES
 from .metrics import bootstrap_scores, bootstrap_weights, interval, point_scores
@@ -45,9 +45,7 @@ def learning_curves(cache_path, points: list[tuple[str, str]], *, probes=("linea
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".curves.jsonl.{os.getpid()}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, out / f"curves__{Path(cache_path).stem}.jsonl")
+        atomic_write(out / f"curves__{Path(cache_path).stem}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         learning_curve_figure(rows, out / f"curves__{Path(cache_path).stem}.png")
     return rows
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._fs import atomic_write
 from .._log import info, warn
 from ..cache import EmbeddingCache
 from ..errors import UserError, bad_choice
@@ -341,20 +342,19 @@ def _write_predictions(task: _Task, proba: np.ndarray, finite: np.ndarray, path:
     fold_of = np.full(len(task.rows), -1)
     for f, fold in enumerate(task.plan.folds):
         fold_of[fold.test] = f
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["sample_id", "group", "split", "fold", "label", "pred", "correct",
-                         *[f"p_{c}" for c in task.names]])
-        for i in task.eval_rows:
-            if not finite[i]:
-                continue
-            row = task.rows[i]
-            pred = int(proba[i].argmax())
-            writer.writerow([task.cache.ids[row], task.groups[i], task.cache.splits[row], fold_of[i],
-                             task.names[task.labels[i]], task.names[pred], int(pred == task.labels[i]),
-                             *[f"{v:.6g}" for v in proba[i]]])
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["sample_id", "group", "split", "fold", "label", "pred", "correct",
+                     *[f"p_{c}" for c in task.names]])
+    for i in task.eval_rows:
+        if not finite[i]:
+            continue
+        row = task.rows[i]
+        pred = int(proba[i].argmax())
+        writer.writerow([task.cache.ids[row], task.groups[i], task.cache.splits[row], fold_of[i],
+                         task.names[task.labels[i]], task.names[pred], int(pred == task.labels[i]),
+                         *[f"{v:.6g}" for v in proba[i]]])
+    atomic_write(path, buffer.getvalue())
 
 
 CSV_FIELDS = ("model", "data", "point", "pooling", "probe", "split", "n", "n_classes", "chance", "accuracy",
@@ -364,16 +364,13 @@ CSV_FIELDS = ("model", "data", "point", "pooling", "probe", "split", "n", "n_cla
 
 def _write(results: list[ProbeResult], out: Path) -> None:
     """results.jsonl (all fields) and results.csv (scalars plus CI bounds), each replaced atomically."""
-    tmp = out / f".results.jsonl.{os.getpid()}.tmp"
-    tmp.write_text("".join(json.dumps(r.record()) + "\n" for r in results))
-    os.replace(tmp, out / "results.jsonl")
-    tmp = out / f".results.csv.{os.getpid()}.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        ci_fields = ("accuracy_ci", "balanced_accuracy_ci", "auroc_ci", "skill_ci")
-        writer.writerow([*CSV_FIELDS, *[f"{c}_{e}" for c in ci_fields for e in ("low", "high")]])
-        for r in results:
-            rec = r.record()
-            cis = [(rec[c] or [None, None])[e] for c in ci_fields for e in (0, 1)]
-            writer.writerow([rec[f] for f in CSV_FIELDS] + cis)
-    os.replace(tmp, out / "results.csv")
+    atomic_write(out / "results.jsonl", "".join(json.dumps(r.record()) + "\n" for r in results))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    ci_fields = ("accuracy_ci", "balanced_accuracy_ci", "auroc_ci", "skill_ci")
+    writer.writerow([*CSV_FIELDS, *[f"{c}_{e}" for c in ci_fields for e in ("low", "high")]])
+    for r in results:
+        rec = r.record()
+        cis = [(rec[c] or [None, None])[e] for c in ci_fields for e in (0, 1)]
+        writer.writerow([rec[f] for f in CSV_FIELDS] + cis)
+    atomic_write(out / "results.csv", buffer.getvalue())

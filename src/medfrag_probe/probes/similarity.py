@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .._fs import atomic_write
 from ..cache import EmbeddingCache
 from ..errors import UserError
 
@@ -46,9 +46,7 @@ def cka_between(path_a, path_b, *, pooling: str = "mean", out: str | Path | None
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         stem = f"cka__{Path(path_a).stem}__{Path(path_b).stem}"
-        tmp = out / f".{stem}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(result))
-        os.replace(tmp, out / f"{stem}.json")
+        atomic_write(out / f"{stem}.json", json.dumps(result))
         title = f"{a.attrs.get('model', Path(path_a).stem)} vs {b.attrs.get('model', Path(path_b).stem)} ({pooling})"
         cka_figure(matrix, points_a, points_b, title, out / f"{stem}.png")
     return result
