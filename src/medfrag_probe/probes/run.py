@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._fs import atomic_write
-from .._log import info, warn
+from .._log import debug, info, is_quiet, warn
 from ..cache import EmbeddingCache
 from ..errors import UserError, bad_choice
 from ..models.loading import resolve_device
@@ -120,20 +120,29 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     for cache in opened:
         _check_finished(cache, allow_incomplete=allow_incomplete)
     (out / "predictions").mkdir(parents=True, exist_ok=True)  # only once every cache opened: no stray folders
+    from tqdm.auto import tqdm
+
     results: list[ProbeResult] = []
-    for cache in opened:
-        path = cache.path
-        task = _task(cache, folds=folds, seed=seed, allow_split_overlap=allow_split_overlap)
-        for point, pooling in _select(task.cache, points, poolings):
-            for name in probes:
-                for result in _run_one(task, point, pooling, name, out=out, seed=seed, replicates=replicates,
-                                       controls=controls, ks=ks, device=device):
-                    results.append(result)
-                    info(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
-                         f"{result.balanced_accuracy:.3f} {_fmt(result.balanced_accuracy_ci)} ({result.split})")
-        _write(results, out)
+    chosen = {cache.path: _select(cache, points, poolings) for cache in opened}  # every selection checked first
+    bar = tqdm(total=sum(len(pairs) for pairs in chosen.values()) * len(probes), desc="probe", unit="fit",
+               disable=is_quiet(), dynamic_ncols=True)
+    with bar:
+        for cache in opened:
+            path = cache.path
+            task = _task(cache, folds=folds, seed=seed, allow_split_overlap=allow_split_overlap)
+            for point, pooling in chosen[path]:
+                for name in probes:
+                    bar.set_postfix_str(f"{Path(path).stem} {point}/{pooling} {name}", refresh=False)
+                    for result in _run_one(task, point, pooling, name, out=out, seed=seed, replicates=replicates,
+                                           controls=controls, ks=ks, device=device):
+                        results.append(result)
+                        debug(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
+                              f"{result.balanced_accuracy:.3f} {_fmt(result.balanced_accuracy_ci)} ({result.split})")
+                    bar.update(1)
+            _write(results, out)
     if not results:
         raise UserError("no probe result: every selected (point, pooling) has only NaN or inf values")
+    info(f"probe: {len(results)} results -> {out / 'results.csv'} (one line per result with --verbose)")
     if figures and results:
         from .figures import layer_curves
 
