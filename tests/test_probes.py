@@ -410,3 +410,26 @@ def test_an_all_nan_point_is_skipped_and_the_others_kept(tmp_path, capsys):
     with pytest.raises(UserError, match="every selected"):
         probe([write_cache(tmp_path / "b.h5", {"broken": broken}, y)], probes="knn", out=tmp_path / "b",
               figures=False)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("classes, absent", [(2, False), (4, False), (4, True)])
+def test_point_scores_equal_scikit_learn(classes, absent):
+    """The NumPy point scores equal scikit-learn's (ties in scores, and a class absent from the labels)."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+
+    from medfrag_probe.probes.metrics import point_scores
+
+    rng = np.random.default_rng(classes + absent)
+    y = rng.integers(0, classes - 1 if absent else classes, 300)
+    proba = rng.dirichlet(np.ones(classes), 300).round(2)  # rounding makes ties
+    ours = point_scores(y, proba, classes)
+    pred = proba.argmax(1)
+    labels = np.arange(classes)
+    assert ours["confusion"] == confusion_matrix(y, pred, labels=labels).tolist()
+    assert ours["macro_f1"] == pytest.approx(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    assert ours["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    present = np.unique(y)
+    expected = (roc_auc_score(y, proba[:, 1]) if classes == 2 else
+                np.mean([roc_auc_score(y == k, proba[:, k]) for k in present]))
+    assert ours["auroc"] == pytest.approx(expected, abs=1e-6)

@@ -9,7 +9,6 @@ statistics are computed at once from a (replicates x samples) weight matrix.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 REPLICATES = 1000
 SEED = 0
@@ -26,15 +25,17 @@ def bootstrap_weights(groups, *, replicates: int = REPLICATES, seed: int = SEED)
 
 
 def point_scores(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
-    """Accuracy, balanced accuracy, macro-F1, AUROC (binary or macro one-vs-rest), per-class recall, confusion."""
+    """Accuracy, balanced accuracy, macro-F1 (scikit-learn's: every class, 0 where undefined), AUROC (binary or
+    macro one-vs-rest), per-class recall, confusion. Written out with NumPy (one call costs microseconds, not the
+    milliseconds of input validation); `test_point_scores_equal_scikit_learn` holds them to scikit-learn's values."""
+    y = np.asarray(y)
     pred = proba.argmax(1)
-    labels = np.arange(n_classes)
-    cm = confusion_matrix(y, pred, labels=labels)
-    support = cm.sum(1)
-    recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
+    recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+    f1 = np.where(support + predicted > 0, 2 * tp / np.maximum(support + predicted, 1), 0.0)
     return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(np.nanmean(recall)),
-            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-            "auroc": auroc(y, proba, n_classes),
+            "macro_f1": float(f1.mean()), "auroc": auroc(y, proba, n_classes),
             "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
             "confusion": cm.tolist()}
 
@@ -44,10 +45,10 @@ def auroc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float | None:
     present = np.unique(y)
     if len(present) < 2:
         return None
+    ones = np.ones((1, len(y)), np.float32)
     if n_classes == 2:
-        return float(roc_auc_score(y, proba[:, 1]))
-    scores = [roc_auc_score(y == k, proba[:, k]) for k in present]
-    return float(np.mean(scores))
+        return float(weighted_auroc(proba[:, 1], y == 1, ones)[0])
+    return float(np.mean([weighted_auroc(proba[:, k], y == k, ones)[0] for k in present]))
 
 
 def bootstrap_scores(y: np.ndarray, proba: np.ndarray, weights: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
