@@ -25,6 +25,8 @@ from pathlib import Path
 from .errors import UserError
 
 TMP_SUFFIX = ".tmp"
+_held: dict[str, int] = {}  # lock path -> depth held by this process (re-entrant within one process)
+_held_guard = threading.Lock()
 
 
 def cache_root() -> Path:
@@ -35,8 +37,6 @@ def cache_root() -> Path:
         return Path(os.environ["MEDFRAG_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "medfrag-probe"
-_held: dict[str, int] = {}  # lock path -> depth held by this process (re-entrant within one process)
-_held_guard = threading.Lock()
 
 
 def tmp_name(path: Path) -> Path:

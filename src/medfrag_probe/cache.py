@@ -94,7 +94,7 @@ class EmbeddingCache:
     @property
     def unfinished(self) -> int:
         """Samples neither extracted nor failed: an extraction that was stopped (or is still running)."""
-        return int(sum(1 for d, e in zip(self.done, self.errors) if not d and not e))
+        return int((~self.done & (np.asarray(self.errors, dtype=object) == "")).sum())
 
     def points(self) -> list[tuple[str, str]]:
         """(point, pooling) pairs held, in file order."""
@@ -165,9 +165,8 @@ def verify(path: str | Path) -> list[str]:
                 if not np.isfinite(block[done]).all():
                     problems.append(f"emb/{point}/{pooling} has non-finite values in finished rows")
                     break
-    missing = [i for i in range(n) if not cache.done[i] and not cache.errors[i]]
-    if missing:
-        problems.append(f"{len(missing)} samples neither done nor failed (an unfinished extraction; re-run it)")
+    if cache.unfinished:
+        problems.append(f"{cache.unfinished} samples neither done nor failed (an unfinished extraction; re-run it)")
     return problems
 
 
@@ -227,8 +226,6 @@ def start_parts(out: Path, meta: CacheMeta) -> Path:
     if not stamp.exists():
         atomic_write(stamp, json.dumps(meta.identity(), sort_keys=True))
     return parts
-
-
 
 
 def write_part(parts: Path, indices: np.ndarray, arrays: dict[str, np.ndarray], errors: dict[int, str],
@@ -303,6 +300,7 @@ def consolidate(out: Path, meta: CacheMeta, samples, classes, *, previous: Path 
     tmp = tmp_name(out)
     n = len(samples)
     failures: dict[int, str] = {}
+    previous = previous if previous is not None and previous.exists() else None
     need = sum(p.stat().st_size for p in iter_parts(parts)) + (previous.stat().st_size if previous else 0)
     ensure_space(out.parent, need + 200 * n, what=f"the cache {out.name}")
     try:
@@ -310,7 +308,7 @@ def consolidate(out: Path, meta: CacheMeta, samples, classes, *, previous: Path 
             _write_header(fh, meta, samples, classes)
             done = np.zeros(n, bool)
             errors = [""] * n
-            if previous is not None and previous.exists():
+            if previous is not None:
                 _copy_previous(fh, previous, done, errors)
             for path in iter_parts(parts):
                 _merge_part(fh, path, done, errors, failures)

@@ -41,7 +41,7 @@ from .cache import (
     write_part,
 )
 from .data.images import ImageError
-from .data.sources import DataSource, open_source, takes_keep_side
+from .data.sources import DataSource, decode_hint, open_source
 from .distributed import rank_device, setup
 from .errors import UserError
 from .models.base import STAGES, Adapter, Point
@@ -210,7 +210,7 @@ class _BatchData(torch.utils.data.Dataset):
 
     def __init__(self, source: DataSource, batches: list[np.ndarray], adapter: Adapter, prompt: str | None):
         self.source, self.batches, self.prepare, self.prompt = source, batches, adapter.prepare, prompt
-        self.keep = {"keep_side": adapter.decode_side()} if takes_keep_side(source) else {}
+        self.keep = decode_hint(source, adapter)
 
     def __len__(self) -> int:
         return len(self.batches)

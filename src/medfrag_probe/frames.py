@@ -3,7 +3,7 @@
     from medfrag_probe import results_frame
     probes = results_frame("probes/demo/probes/seed-0")        # one row per (cache, point, pooling, probe)
     answers = results_frame("probes/demo/vqa/tiny-llava__brain")  # one row per answer
-    verdicts = results_frame("probes/demo/bridge/seed-0")      # one row per (model, task, stage)
+    verdicts = results_frame("probes/demo/bridge/seed-0")      # one row per (model, data source)
 
 A folder (or any folder under it) is read by what it holds: `results.jsonl` (probe results), `answers.jsonl` (VQA
 answers) or `bridge.jsonl` (bridge records); `kind` picks one when a folder holds several. Records found in several

@@ -540,15 +540,12 @@ def _write_samples(join: _Joined, path: Path) -> None:
 
 
 def _write(records: list[BridgeRecord], pairs: list[dict], out: Path) -> None:
-    def atomic(name: str, text: str) -> None:
-        atomic_write(out / name, text)
-
-    atomic("bridge.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
-    atomic("pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    atomic_write(out / "bridge.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    atomic_write(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     lines = ["model,data,stage,point,pooling,skill,skill_low,skill_high"]
     for r in records:
         for s in r.stages:
             ci = s.get("skill_ci") or [None, None]
             lines.append(",".join(str(v) for v in (r.model, r.data, s["stage"], s["point"], s["pooling"],
                                                     s["skill"], ci[0], ci[1])))
-    atomic("stages.csv", "\n".join(lines) + "\n")
+    atomic_write(out / "stages.csv", "\n".join(lines) + "\n")

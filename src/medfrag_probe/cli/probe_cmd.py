@@ -71,6 +71,7 @@ def probe_command(
             raise UserError("--cka needs at least two caches")
         for other in caches[1:]:
             cka_between(caches[0], other, out=out)
+    from ..probes.run import format_ci
     from ..probes.select import pick
 
     # "best" by the inner (training-side) score, never by the test score it then reports
@@ -78,8 +79,4 @@ def probe_command(
     best = results[records.index(pick(records))]
     typer.echo(f"{len(results)} results -> {out / 'results.jsonl'}; chosen on inner scores: {best.point}/"
                f"{best.pooling} {best.probe}, test balanced accuracy {best.balanced_accuracy:.3f} "
-               f"{_interval(best.balanced_accuracy_ci)} (chance {best.chance:.3f}, {best.split})")
-
-
-def _interval(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+               f"{format_ci(best.balanced_accuracy_ci)} (chance {best.chance:.3f}, {best.split})")

@@ -61,10 +61,9 @@ def _decode(value, root: Path, keep_side: int | None) -> Image.Image:
     if isinstance(value, dict):
         if value.get("bytes"):
             return load_image_bytes(value["bytes"], keep_side=keep_side)
-        if value.get("path"):
-            path = Path(value["path"])
-            return load_image(path if path.is_absolute() else root / path, keep_side=keep_side)
-        raise ImageError("image cell holds neither bytes nor a path")
+        value = value.get("path")
+        if not value:
+            raise ImageError("image cell holds neither bytes nor a path")
     if isinstance(value, str):
         path = Path(value)
         return load_image(path if path.is_absolute() else root / path, keep_side=keep_side)

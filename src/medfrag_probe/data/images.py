@@ -25,6 +25,7 @@ filter). The processor then still downsamples by two or more, so the model input
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -50,37 +51,40 @@ def load_image(path: str | Path, *, nifti_slice: int | None = None, keep_side: i
 
     `keep_side` lets very large rasters decode at a reduced size whose shorter side stays >= `keep_side`."""
     name = str(path).lower()
-    try:
+    with _decoding():
         if name.endswith(DICOM_SUFFIXES):
             return array_to_rgb(_read_dicom(path))
         if name.endswith(NIFTI_SUFFIXES):
             return array_to_rgb(_read_nifti(path, nifti_slice))
+        if Path(path).stat().st_size == 0:
+            raise ImageError("empty file (0 bytes)")
         return _read_raster(path, keep_side)
-    except ImageError:
-        raise
-    except Exception as exc:  # any decoder failure becomes a per-sample error, never a crash
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageError(f"{type(exc).__name__}: {reason}") from None
 
 
 def load_image_bytes(data: bytes, *, keep_side: int | None = None) -> Image.Image:
     """Decode an encoded raster image held in memory (a Hugging Face dataset's image bytes) by the same rules."""
     import io
 
-    try:
+    with _decoding():
+        if not data:
+            raise ImageError("empty file (0 bytes)")
         return _read_raster(io.BytesIO(data), keep_side)
+
+
+@contextlib.contextmanager
+def _decoding():
+    """Any decoder failure becomes an `ImageError` (a per-sample error with its reason), never a crash."""
+    try:
+        yield
     except ImageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure becomes a per-sample error
+    except Exception as exc:  # noqa: BLE001
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError(f"{type(exc).__name__}: {reason}") from None
 
 
 def _read_raster(path, keep_side: int | None = None) -> Image.Image:
     """`path` is a file path or a binary file object."""
-    if isinstance(path, (str, Path)) and Path(path).stat().st_size == 0 or getattr(path, "getbuffer", None) and \
-            not path.getbuffer().nbytes:
-        raise ImageError("empty file (0 bytes)")
     with Image.open(path) as img:
         img.seek(0)
         factor = shrink_factor(img.size, keep_side)

@@ -109,14 +109,17 @@ def _normal_split(value: str, where: str) -> str:
     return _SPLIT_ALIASES[value]
 
 
-def takes_keep_side(source: DataSource) -> bool:
-    """Whether a (possibly user-written) source accepts the `keep_side` decode hint of `DataSource.image`."""
+def decode_hint(source: DataSource, adapter) -> dict:
+    """Keyword arguments for `source.image`: `{"keep_side": adapter.decode_side()}` when the adapter gives a decode
+    bound and the (possibly user-written) source accepts the hint, else none."""
     import inspect
 
+    side = getattr(adapter, "decode_side", None)  # duck-typed adapters may not say
     try:
-        return "keep_side" in inspect.signature(source.image).parameters
+        takes = "keep_side" in inspect.signature(source.image).parameters
     except (TypeError, ValueError):
-        return False
+        takes = False
+    return {"keep_side": side()} if side is not None and takes else {}
 
 
 class FileSource(DataSource):

@@ -208,8 +208,7 @@ def _verdicts(doc: _Doc, study: _Study) -> None:
              f"seen when the lower bound of the probe (or VQA) skill is at least {rule.get('seen_skill')}, not seen "
              f"when the probe skill's upper bound is below it; lost when the gap (probe - VQA) has its lower bound "
              f"above {rule.get('min_gap')}, kept when its upper bound is below it. reasoning-limited = seen and lost; "
-             "sound = "
-             "seen and kept; both = not seen and lost; vision-limited = not seen, loss not shown; otherwise "
+             "sound = seen and kept; both = not seen and lost; vision-limited = not seen, loss not shown; otherwise "
              "inconclusive (the bridge record says which side is undecided and about how many samples would decide "
              "it). CIs: patient-level paired bootstrap.")
     rows = []
@@ -283,9 +282,8 @@ def _robustness(doc: _Doc, study: _Study) -> None:
               left=2)
     doc.text("Accuracy over all items (unanswered count wrong) and over answered items; spread of accuracy across "
              "prompts; paraphrase flip rate over pairs of wordings (PSF-Med; negations apart); agreement of answers "
-             "with and without the image; "
-             "share of answers that change when the image is swapped for one of another class; quadrants of samples "
-             "by consistency x image reliance. Definitions: medfrag_probe/vqa/measures.py.")
+             "with and without the image; share of answers that change when the image is swapped for one of another "
+             "class; quadrants of samples by consistency x image reliance. Definitions: medfrag_probe/vqa/measures.py.")
 
 
 def _layers(doc: _Doc, study: _Study) -> None:

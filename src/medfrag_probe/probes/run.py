@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .._fs import atomic_write
 from .._log import debug, info, is_quiet, warn
@@ -120,8 +121,6 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     for cache in opened:
         _check_finished(cache, allow_incomplete=allow_incomplete)
     (out / "predictions").mkdir(parents=True, exist_ok=True)  # only once every cache opened: no stray folders
-    from tqdm.auto import tqdm
-
     results: list[ProbeResult] = []
     chosen = {cache.path: _select(cache, points, poolings) for cache in opened}  # every selection checked first
     bar = tqdm(total=sum(len(pairs) for pairs in chosen.values()) * len(probes), desc="probe", unit="fit",
@@ -137,22 +136,23 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
                                            controls=controls, ks=ks, device=device):
                         results.append(result)
                         debug(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
-                              f"{result.balanced_accuracy:.3f} {_fmt(result.balanced_accuracy_ci)} ({result.split})")
+                              f"{result.balanced_accuracy:.3f} {format_ci(result.balanced_accuracy_ci)} "
+                              f"({result.split})")
                     bar.update(1)
             _write(results, out)
     if not results:
         raise UserError("no probe result: every selected (point, pooling) has only NaN or inf values")
     info(f"probe: {len(results)} results -> {out / 'results.csv'} (one line per result with --verbose)")
-    if figures and results:
+    if figures:
         from .figures import layer_curves
 
         layer_curves(results, out)
     return results
 
 
-def _fmt(ci) -> str:
+def format_ci(ci) -> str:
+    """A 95% interval as `[low, high]` (empty when there is none)."""
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-
 
 
 def _check_finished(cache: EmbeddingCache, *, allow_incomplete: bool) -> None:

@@ -31,8 +31,8 @@ from .._log import info
 from ..data.images import ImageError
 from ..data.sources import DataSource, open_source
 from ..errors import UserError
-from .run import map_classes, select_prompts, select_samples
-from .tasks import QUESTIONS_TASK, Task, load_task, questions_task
+from .run import map_classes, plan_items, select_prompts, select_samples
+from .tasks import resolve_task
 
 KINDS = ("yes_no", "multiple_choice", "open")
 
@@ -41,9 +41,7 @@ def export_task(data, task, out: str | Path, *, prompts=None, split: str | None 
                 seed: int = 0, name: str | None = None, max_new_tokens: int = 32) -> dict:
     """Write the VLMEvalKit TSV and the lmms-eval task of (`data`, `task`) under `out`; return their paths."""
     source = data if isinstance(data, DataSource) else open_source(data)
-    if task == QUESTIONS_TASK:
-        task = questions_task(source)
-    task = task if isinstance(task, Task) else load_task(task)
+    task = resolve_task(task, source)
     class_map = map_classes(task, source)
     chosen = [p for p in select_prompts(task, prompts) if p.kind in KINDS]
     if not chosen:
@@ -53,17 +51,15 @@ def export_task(data, task, out: str | Path, *, prompts=None, split: str | None 
     out = Path(out)
     images, failed = _images(source, rows)
     table = []
-    for row in rows:
-        if int(row) not in images:
+    # the questions `vqa` would ask under the image condition, grouped by image (a stable sort keeps prompt order)
+    for item in sorted(plan_items(chosen, rows, ["image"], asks=task.asks), key=lambda item: item.sample):
+        if item.sample not in images:
             continue
-        sample = source.samples[int(row)]
-        for prompt in chosen:
-            if task.asks is not None and task.asks.get(int(row)) != prompt.id:
-                continue
-            expected = task.expected(prompt, class_map[sample.label])
-            table.append({"index": len(table), "sample_id": sample.id, "prompt_id": prompt.id, "kind": prompt.kind,
-                          "question": prompt.render(), "answer": _shown(expected, prompt), "row": int(row),
-                          "options": prompt.options})
+        sample, prompt = source.samples[item.sample], item.prompt
+        expected = task.expected(prompt, class_map[sample.label])
+        table.append({"index": len(table), "sample_id": sample.id, "prompt_id": prompt.id, "kind": prompt.kind,
+                      "question": prompt.render(), "answer": _shown(expected, prompt), "row": item.sample,
+                      "options": prompt.options})
     if not table:
         raise UserError(f"nothing to export: no readable image among the {len(rows)} selected samples")
     paths = {"vlmevalkit": _vlmevalkit(table, images, out / "vlmevalkit" / f"{name}.tsv"),

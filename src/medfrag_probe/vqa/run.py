@@ -30,10 +30,10 @@ from .._fs import atomic_write, output_lock, remove_stale_tmp
 from .._log import info, is_quiet
 from .._provenance import device_info, versions
 from ..data.images import ImageError
-from ..data.sources import DataSource, open_source, takes_keep_side
+from ..data.sources import DataSource, decode_hint, open_source
 from ..errors import UserError, bad_choice
 from .parse import Parsed, parse_class, parse_option, parse_yes_no
-from .tasks import QUESTIONS_TASK, Prompt, Task, load_task, questions_task
+from .tasks import Prompt, Task, resolve_task
 
 CONDITIONS = ("image", "no-image", "blank", "swap")
 ANSWER_MODES = ("generate", "score")
@@ -104,12 +104,10 @@ def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Pa
         check_method(describe_with)
     _check_numbers(batch_size=batch_size, max_new_tokens=max_new_tokens, describe_tokens=describe_tokens)
     source = data if isinstance(data, DataSource) else open_source(data)
-    if task == QUESTIONS_TASK:
-        task = questions_task(source)
-        if "swap" in conditions:
-            raise UserError("the image-swap control needs the answer to a question about the swapped image, which a "
-                            f"question set does not give; drop 'swap' from the conditions of task {QUESTIONS_TASK}")
-    task = task if isinstance(task, Task) else load_task(task)
+    task = resolve_task(task, source)
+    if task.asks is not None and "swap" in conditions:
+        raise UserError("the image-swap control needs the answer to a question about the swapped image, which a "
+                        f"question set does not give; drop 'swap' from the conditions of task {task.name}")
     class_map = map_classes(task, source)
     chosen = select_prompts(task, prompts)
     rows = select_samples(source, split=split, limit=limit, seed=seed)
@@ -357,8 +355,7 @@ class _ImageCache:
 
     def __init__(self, source: DataSource, adapter=None):
         self.source = source
-        side = getattr(adapter, "decode_side", None)  # duck-typed adapters may not say
-        self.keep = {"keep_side": side()} if side is not None and takes_keep_side(source) else {}
+        self.keep = decode_hint(source, adapter)
         self.cache: dict[int, Image.Image | None] = {}
         self.errors: dict[int, str] = {}
 

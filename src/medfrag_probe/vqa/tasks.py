@@ -110,6 +110,13 @@ def questions_task(source) -> Task:
                 paraphrases=[], data=source.spec, asks={k: ids[q] for k, q in enumerate(questions)})
 
 
+def resolve_task(task, source) -> Task:
+    """A `Task` as given, the source's own questions for `QUESTIONS_TASK`, else a task name or path."""
+    if isinstance(task, Task):
+        return task
+    return questions_task(source) if task == QUESTIONS_TASK else load_task(task)
+
+
 def load_task(name_or_path: str) -> Task:
     """Load and validate a task by name (configs/tasks/NAME.yaml) or by path."""
     path = locate(name_or_path, tasks_dir(), what="task")
