@@ -10,7 +10,16 @@ KNeighborsClassifier(20, cosine, distance-weighted) per layer, as a researcher w
 - `accuracy_delta`: mean over layers of |ours - baseline| linear-probe accuracy; target <= 0.005.
 - `bootstrap_s`: a 1000-replicate bootstrap of AUROC at n = 10,000; target < 1 s.
 
+`--sweep` instead times the plain loop a user would write against `probe` over N = 100 ... 20,000 images
+(`--sizes`; at 50,000 use `--layers 1`, the plain loop takes long), 4 layers x 2 poolings = 8 points, D = `--dim`
+(64), 4 classes, 5 images per patient: one JSON line per size and a summary line. The plain loop (the performance
+issue's): the same outer StratifiedGroupKFold(5) folds, StandardScaler + LogisticRegressionCV(Cs=8, inner
+StratifiedGroupKFold(3) by patient, max_iter=1000) and a cosine 20-NN per fold. Ours: `probe(...,
+probes="linear,knn", controls=False)` (C by inner group CV on each training fold, patient bootstrap CIs,
+predictions written). Both run in this process, after their imports.
+
     python tests/bench/bench_probe.py [--layers 13] [--n 5000]
+    python tests/bench/bench_probe.py --sweep [--sizes 100,300,1000,5000,20000] [--dim 64] [--layers 4]
 """
 
 from __future__ import annotations
@@ -25,14 +34,18 @@ import h5py
 import numpy as np
 
 
-def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0) -> list[str]:
+def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0, per_patient: int = 1) -> list[str]:
+    """Gaussian-class embeddings; with `per_patient` > 1, consecutive images share a patient and its label."""
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
+    patients = -(-n // per_patient)
+    y = np.repeat(rng.integers(0, 4, patients), per_patient)[:n]
     directions = rng.normal(size=(4, d)) / np.sqrt(d)
     names = []
     with h5py.File(path, "w") as fh:
         fh["samples/id"] = np.array([f"s{i}" for i in range(n)], dtype=object)
         fh["samples/label"] = y
+        if per_patient > 1:
+            fh["samples/group"] = np.array([f"p{i // per_patient}" for i in range(n)], dtype=object)
         fh["classes"] = np.array(["a", "b", "c", "d"], dtype=object)
         for layer in range(layers):
             name = f"vision.block.{layer:02d}"
@@ -81,6 +94,58 @@ def baseline(path: Path) -> tuple[float, dict]:
     return time.perf_counter() - start, scores
 
 
+def plain_loop(path: Path) -> tuple[float, dict]:
+    """The loop of the performance issue: group-aware outer and inner folds, LogisticRegressionCV and cosine 20-NN."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medfrag_probe.cache import EmbeddingCache
+    from medfrag_probe.probes.run import _task
+
+    task = _task(EmbeddingCache(path), folds=5, seed=0)  # the same outer folds as ours
+    y, groups = task.labels, task.groups
+    scores = {}
+    start = time.perf_counter()
+    for point, pooling in task.cache.points():
+        X = task.cache.load(point, pooling)
+        pred = {"linear": np.zeros(len(y), int), "knn": np.zeros(len(y), int)}
+        for fold in task.plan.folds:
+            Xtr, ytr = X[fold.train], y[fold.train]
+            inner = list(StratifiedGroupKFold(3, shuffle=True, random_state=0).split(Xtr, ytr, groups[fold.train]))
+            linear = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, cv=inner, max_iter=1000))
+            pred["linear"][fold.test] = linear.fit(Xtr, ytr).predict(X[fold.test])
+            knn = KNeighborsClassifier(min(20, len(ytr)), metric="cosine")
+            pred["knn"][fold.test] = knn.fit(Xtr, ytr).predict(X[fold.test])
+        for name, p in pred.items():
+            scores[(point, pooling, name)] = float((p[task.eval_rows] == y[task.eval_rows]).mean())
+    return time.perf_counter() - start, scores
+
+
+def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
+    """One JSON line per size: ours vs the plain loop, same machine, same run; then a summary line."""
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            path = root / "bench.h5"
+            make_cache(path, n=n, d=dim, layers=layers, per_patient=5, seed=n)
+            t_ours, acc_ours = ours(path, root / "ours", controls=False)
+            t_plain, acc_plain = plain_loop(path)
+        linear = [abs(acc_ours[k] - acc_plain[k]) for k in acc_plain if k[2] == "linear"]
+        row = {"n": n, "dim": dim, "points": 2 * layers, "ours_s": round(t_ours, 2), "plain_s": round(t_plain, 2),
+               "speedup": round(t_plain / t_ours, 2), "linear_accuracy_delta_max": round(max(linear), 4),
+               "mean_linear_accuracy_ours": round(float(np.mean([acc_ours[k] for k in acc_plain
+                                                                  if k[2] == "linear"])), 4)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"sizes": sizes, "min_speedup": min(r["speedup"] for r in rows),
+                      "speedup_at": {r["n"]: r["speedup"] for r in rows},
+                      "max_linear_accuracy_delta": max(r["linear_accuracy_delta_max"] for r in rows)}))
+
+
 def bootstrap_seconds(n: int = 10_000) -> float:
     from medfrag_probe.probes.metrics import bootstrap_weights, weighted_auroc
 
@@ -96,8 +161,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=13)
     parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--dim", type=int, default=None, help="default 768 (64 with --sweep)")
+    parser.add_argument("--sweep", action="store_true", help="time ours against the plain loop over --sizes")
+    parser.add_argument("--sizes", default="100,300,1000,5000,20000")
     args = parser.parse_args()
+    if args.sweep:
+        sweep([int(v) for v in args.sizes.split(",")], dim=args.dim or 64, layers=min(args.layers, 4))
+        return
+    args.dim = args.dim or 768
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         path = root / "bench.h5"

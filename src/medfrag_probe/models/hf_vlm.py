@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from .base import Adapter, Point, PointBatch, find_module
 from .hf_common import LM_CANDIDATES, lm_points, load_pretrained, vision_only_config, vit_tower_points
+from .prefix import PrefixMemo, SharedBatch, cache_argument, laid_width, prefill, prefix_lengths
 
 PROJECTOR_ORDER = 900
 
@@ -19,6 +22,8 @@ class HFVLMAdapter(Adapter):
     model_class = ""
     tower_family = "clip"
     can_generate = True
+    share_prefix = True  # one image asked several prompts: run the image and the common chat prefix once
+    _prefix_memo = None  # set inside `reusing_prefixes`
 
     @classmethod
     def load(cls, target: str, *, spec: str, vision_only: bool, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -104,9 +109,36 @@ class HFVLMAdapter(Adapter):
     def generate(self, inputs, *, max_new_tokens):
         tokenizer = self.processor.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        shared = self.shared(inputs, new_tokens=max_new_tokens)
+        if shared is not None:
+            inputs = {**shared.inputs, cache_argument(self.model): shared.cache}
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=pad, temperature=None, top_p=None, top_k=None)
         return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def shared(self, inputs, *, new_tokens: int = 1) -> SharedBatch | None:
+        """The batch re-laid around its rows' prefixes (chat start and image), each distinct one run once; None when
+        a row has none, sharing is off, or the rows and `new_tokens` could reach past a sliding attention window
+        (the padding between prefix and question would take places in the window); see `models.prefix`."""
+        if not self.share_prefix:
+            return None
+        lengths = prefix_lengths(inputs, self.image_token_id)
+        if lengths is None:
+            return None
+        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
+        if isinstance(window, int) and laid_width(inputs, lengths) + new_tokens > window:
+            return None
+        return prefill(self.model, inputs, lengths, memo=self._prefix_memo)
+
+    @contextmanager
+    def reusing_prefixes(self):
+        """Within the block, the prefixes (chat start and image) a batch shares with the previous batch are taken
+        from that batch's cache instead of being run again. Only for a block in which weights and hooks stay put."""
+        previous, self._prefix_memo = self._prefix_memo, PrefixMemo()
+        try:
+            yield self
+        finally:
+            self._prefix_memo = previous
 
     @torch.inference_mode()
     def option_scores(self, inputs, options: list[list[str]], *, variants: bool = True) -> list[list[float]]:
@@ -116,6 +148,15 @@ class HFVLMAdapter(Adapter):
         An option's mass is summed over the distinct first tokens of its surface forms (as written, lower case,
         capitalised, each with and without a leading space) unless `variants=False`, which keeps the option as
         written, without a leading space (what a constrained greedy decoder picks among)."""
+        shared = self.shared(inputs)
+        if shared is not None:
+            start = shared.start
+            ahead = {k: v[:, start:] for k, v in shared.inputs.items() if k != "attention_mask"}
+            inputs = {**ahead, "attention_mask": shared.inputs["attention_mask"],
+                      "position_ids": shared.positions()[:, start:], cache_argument(self.model): shared.cache}
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma's processor adds them: no loss here
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            inputs["logits_to_keep"] = 1  # only the answer position's logits are read
         logits = self.model(**inputs).logits[:, -1, :].float()  # left padding: the last position answers
         probs = torch.softmax(logits, dim=-1).cpu()
         out = []

@@ -21,6 +21,7 @@ class Qwen2VLAdapter(HFVLMAdapter):
     """
 
     model_class = "Qwen2VLForConditionalGeneration"
+    share_prefix = False  # multimodal rotary positions are computed over the whole sequence
 
     def find_parts(self):
         self.visual = find_module(self.model, ("model.visual", "visual"), what="vision tower")

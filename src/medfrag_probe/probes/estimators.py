@@ -7,6 +7,7 @@ self, and they work with `clone`, pipelines and `cross_val_score`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,19 +27,29 @@ SCIPY_WORK = 2_000_000  # ... below which SciPy's L-BFGS-B on NumPy beats torch'
 
 @contextlib.contextmanager
 def cpu_threads(device: torch.device, work: float):
-    """Run small CPU solves on one torch thread. Their matrix products take microseconds, so extra intra-op threads
-    only add synchronisation, and on a machine shared with other jobs they spin against them (measured: a 240 x 64
-    probe fit took 0.23 s on one thread, 0.60 s on two, with one other job running). Large solves keep torch's
-    thread count (`torch.set_num_threads`, or OMP_NUM_THREADS, sets it)."""
-    if device.type != "cpu" or work >= SMALL_WORK or torch.get_num_threads() == 1:
+    """Run small CPU solves on one torch thread and one BLAS thread (NumPy's, through threadpoolctl). Their matrix
+    products take microseconds, so extra threads only add wake-up and synchronisation, and on a machine shared with
+    other jobs they spin against them (measured: a 240 x 64 probe fit took 0.23 s on one torch thread, 0.60 s on
+    two, with one other job running; an 800 x 64 fit by SciPy took 0.15 s on one BLAS thread, 0.46 s on two, alone).
+    Large solves keep the thread counts (`torch.set_num_threads`, or OMP_NUM_THREADS, sets them)."""
+    if device.type != "cpu" or work >= SMALL_WORK:
         yield
         return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with _blas().limit(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
+
+
+@functools.cache
+def _blas():
+    """One threadpoolctl controller (finding the loaded BLAS libraries costs ~6 ms; do it once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _device(name: str) -> torch.device:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -323,12 +324,19 @@ def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int
     from tqdm.auto import tqdm
 
     done = _read_parts(parts)
-    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    by_image = bool(getattr(adapter, "share_prefix", False))
+    if by_image:
+        items = generation_order(items, swaps)
+        chunks = image_chunks(items, swaps)
+    else:
+        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
     todo = [(k, c) for k, c in enumerate(chunks) if not all(_key(item) in done for item in c)]
     if len(todo) < len(chunks):
         info(f"vqa: resuming; {len(chunks) - len(todo)} of {len(chunks)} chunks already answered")
     images = _ImageCache(source, adapter)
-    with tqdm(total=sum(len(c) for _, c in todo), desc="vqa", unit="answer", disable=is_quiet()) as bar:
+    reuse = getattr(adapter, "reusing_prefixes", None)
+    bar = tqdm(total=sum(len(c) for _, c in todo), desc="vqa", unit="answer", disable=is_quiet())
+    with reuse() if reuse is not None else nullcontext(), bar:
         for k, chunk in todo:
             rows = []
             for batch in _batches([it for it in chunk if _key(it) not in done], batch_size, scored=scored):
@@ -337,6 +345,47 @@ def _generate_all(adapter, source, items, swaps, parts: Path, *, batch_size: int
                                                        else {"response": response})})
                 bar.update(len(batch))
             atomic_write(parts / f"chunk-{k:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def shown_image(item: _Item, swaps: dict[int, int]) -> int:
+    """The row whose image an item shows (-1: none or the blank image, the same for every item)."""
+    if item.condition == "image":
+        return item.sample
+    return swaps.get(item.sample, -1) if item.condition == "swap" else -1
+
+
+def generation_order(items: list[_Item], swaps: dict[int, int]) -> list[_Item]:
+    """Items in the order a model that shares prefixes generates them: by condition, then by the image shown, so
+    the prompts about one image fall in the same chunk and in consecutive batches, and the adapter runs the image
+    and the chat's prefix once. A pure function of the items: a resumed run finds the same chunks whatever the
+    batch size (other models keep the planned order, one prompt about many images per batch)."""
+    rank = {name: i for i, name in enumerate(CONDITIONS)}
+    images = {}
+    for item in items:
+        images.setdefault((item.condition, shown_image(item, swaps)), len(images))
+
+    def key(item: _Item):
+        # within an image, questions of similar length together (less padding between prefix and question), short
+        # to long and long to short on alternate images, so a batch spanning two images joins similar lengths
+        image = (item.condition, shown_image(item, swaps))
+        length = len(item.prompt.render())
+        return rank[item.condition], image[1], item.sample, length if images[image] % 2 == 0 else -length
+
+    return sorted(items, key=key)
+
+
+def image_chunks(items: list[_Item], swaps: dict[int, int]) -> list[list[_Item]]:
+    """Chunks of whole images (a chunk closes once it holds CHUNK items), so no image's prompts are split
+    between two chunks' batches. A pure function of the items, like the fixed grid."""
+    chunks, current, last = [], [], None
+    for item in items:
+        image = (item.condition, shown_image(item, swaps))
+        if len(current) >= CHUNK and image != last:
+            chunks.append(current)
+            current = []
+        current.append(item)
+        last = image
+    return chunks + [current] if current else chunks
 
 
 def _batches(items: list[_Item], size: int, *, scored: bool = False):
