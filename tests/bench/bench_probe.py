@@ -68,30 +68,39 @@ def ours(path: Path, out: Path, controls: bool) -> tuple[float, dict]:
     return seconds, {(r.point, r.pooling, r.probe): r.accuracy for r in results}
 
 
-def baseline(path: Path) -> tuple[float, dict]:
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+def sklearn_loop(path: Path, models) -> tuple[float, dict]:
+    """Seconds and accuracy per (point, pooling, probe) of a scikit-learn loop over our outer folds; `models(X_train,
+    y_train, groups_train)` gives the fitted {"linear": ..., "knn": ...} of one fold."""
     from medfrag_probe.cache import EmbeddingCache
     from medfrag_probe.probes.run import _task
 
     task = _task(EmbeddingCache(path), folds=5, seed=0)  # the same outer folds as ours
-    y = task.labels
+    y, rows = task.labels, task.eval_rows
     scores = {}
     start = time.perf_counter()
     for point, pooling in task.cache.points():
         X = task.cache.load(point, pooling)
         pred = {"linear": np.zeros(len(y), int), "knn": np.zeros(len(y), int)}
         for fold in task.plan.folds:
-            linear = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, cv=5, max_iter=1000))
-            pred["linear"][fold.test] = linear.fit(X[fold.train], y[fold.train]).predict(X[fold.test])
-            knn = KNeighborsClassifier(20, metric="cosine", weights="distance")
-            pred["knn"][fold.test] = knn.fit(X[fold.train], y[fold.train]).predict(X[fold.test])
+            for name, model in models(X[fold.train], y[fold.train], task.groups[fold.train]).items():
+                pred[name][fold.test] = model.predict(X[fold.test])
         for name, p in pred.items():
-            scores[(point, pooling, name)] = float((p == y).mean())
+            scores[(point, pooling, name)] = float((p[rows] == y[rows]).mean())
     return time.perf_counter() - start, scores
+
+
+def baseline(path: Path) -> tuple[float, dict]:
+    """LogisticRegressionCV(Cs=10, cv=5) and a distance-weighted cosine 20-NN, no patient groups."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def models(X, y, groups):
+        return {"linear": make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, cv=5, max_iter=1000)).fit(X, y),
+                "knn": KNeighborsClassifier(20, metric="cosine", weights="distance").fit(X, y)}
+
+    return sklearn_loop(path, models)
 
 
 def plain_loop(path: Path) -> tuple[float, dict]:
@@ -102,26 +111,13 @@ def plain_loop(path: Path) -> tuple[float, dict]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from medfrag_probe.cache import EmbeddingCache
-    from medfrag_probe.probes.run import _task
+    def models(X, y, groups):
+        inner = list(StratifiedGroupKFold(3, shuffle=True, random_state=0).split(X, y, groups))
+        linear = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, cv=inner, max_iter=1000))
+        return {"linear": linear.fit(X, y),
+                "knn": KNeighborsClassifier(min(20, len(y)), metric="cosine").fit(X, y)}
 
-    task = _task(EmbeddingCache(path), folds=5, seed=0)  # the same outer folds as ours
-    y, groups = task.labels, task.groups
-    scores = {}
-    start = time.perf_counter()
-    for point, pooling in task.cache.points():
-        X = task.cache.load(point, pooling)
-        pred = {"linear": np.zeros(len(y), int), "knn": np.zeros(len(y), int)}
-        for fold in task.plan.folds:
-            Xtr, ytr = X[fold.train], y[fold.train]
-            inner = list(StratifiedGroupKFold(3, shuffle=True, random_state=0).split(Xtr, ytr, groups[fold.train]))
-            linear = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, cv=inner, max_iter=1000))
-            pred["linear"][fold.test] = linear.fit(Xtr, ytr).predict(X[fold.test])
-            knn = KNeighborsClassifier(min(20, len(ytr)), metric="cosine")
-            pred["knn"][fold.test] = knn.fit(Xtr, ytr).predict(X[fold.test])
-        for name, p in pred.items():
-            scores[(point, pooling, name)] = float((p[task.eval_rows] == y[task.eval_rows]).mean())
-    return time.perf_counter() - start, scores
+    return sklearn_loop(path, models)
 
 
 def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
