@@ -10,6 +10,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 from medfrag_probe.cache import parts_dir
 
@@ -94,6 +95,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     _same(tmp_path / "two.h5", tmp_path / "one.h5")
 
 
+@pytest.mark.slow
 def test_killed_ranks_resume_to_the_same_cache(tmp_path):
     data = "synth:histology?n=400&size=48"
     _single(tmp_path / "one.h5", data)

@@ -171,6 +171,7 @@ def test_shipped_experiment_configs_are_valid():
         assert config.models and config.tasks
 
 
+@pytest.mark.slow
 def test_the_ci_demo_runs_every_stage_end_to_end(tmp_path, capsys):
     """The shortened demo config (CI): 4 tiny models x 4 synthetic tasks, extract -> probe -> vqa -> bridge ->
     report, through the CLI as README runs the full one."""

@@ -7,7 +7,9 @@
 Conditions: `image` (the sample's image), `no-image` (text only), `blank` (a uniform grey image of the sample's
 size) and `swap` (an image of another class from another patient, fixed by the seed). `no-image` and `blank` do not
 depend on the sample, so each prompt is generated once under them and its answer scored against every sample.
-Generation is greedy through the processor's chat template, batched with left padding.
+Generation is greedy through the processor's chat template, batched with left padding. For models that share
+prefixes (`models.prefix`), the prompts about one image are generated in consecutive batches, so the image and the
+chat text before it are run once per image; the answers are those of an unshared run.
 
 Writes `OUT/answers.jsonl` (one `VQARecord` per sample x prompt x condition) and `OUT/summary.json`. Work is
 written in fixed chunks of work items under `OUT/.parts/`, so a killed run resumes where it stopped; a run whose
