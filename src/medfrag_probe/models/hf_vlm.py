@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -10,7 +9,7 @@ import torch
 
 from .base import Adapter, Point, PointBatch, find_module
 from .hf_common import LM_CANDIDATES, lm_points, load_pretrained, vision_only_config, vit_tower_points
-from .prefix import PrefixMemo, SharedBatch, cache_argument, laid_width, prefill, prefix_lengths
+from .prefix import PrefixMemo, SharedBatch, accepts, cache_argument, laid_width, prefill, prefix_lengths
 
 PROJECTOR_ORDER = 900
 
@@ -155,7 +154,7 @@ class HFVLMAdapter(Adapter):
             inputs = {**ahead, "attention_mask": shared.inputs["attention_mask"],
                       "position_ids": shared.positions()[:, start:], cache_argument(self.model): shared.cache}
         inputs = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma's processor adds them: no loss here
-        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+        if accepts(self.model, "logits_to_keep"):
             inputs["logits_to_keep"] = 1  # only the answer position's logits are read
         logits = self.model(**inputs).logits[:, -1, :].float()  # left padding: the last position answers
         probs = torch.softmax(logits, dim=-1).cpu()

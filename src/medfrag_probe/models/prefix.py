@@ -17,6 +17,7 @@ question), multimodal rotary positions (Qwen2-VL), and batches that could reach 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ def _row_key(inputs: dict, row: int, length: int, tokenwise: list[str]) -> str:
 def prefill(model, inputs: dict, lengths: list[int], memo: PrefixMemo | None = None) -> SharedBatch:
     """Run each distinct prefix of the batch once (those of the previous batch come from `memo`) and lay the rows
     out as padding | prefix | padding | own tokens, with a cache of one row per row."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    ids = inputs["input_ids"]
     tokenwise = [k for k, v in inputs.items()
                  if torch.is_tensor(v) and k not in ("input_ids", "attention_mask") and v.shape == ids.shape]
     keys = [_row_key(inputs, r, n, tokenwise) for r, n in enumerate(lengths)]
@@ -108,34 +109,35 @@ def prefill(model, inputs: dict, lengths: list[int], memo: PrefixMemo | None = N
     entries = {**{k: known[k] for k in keys if k in known}, **{keys[r]: e for r, e in zip(missing, fresh)}}
     if memo is not None:
         memo.entries = entries  # the next batch most often asks about the same images
-    width = max(lengths)
-    cache = _stack([entries[k] for k in keys], width)
-    laid: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", *tokenwise)}
-    own = [int(keep.sum()) - n for keep, n in zip(mask, lengths)]
-    pad_id = int(ids[~mask][0]) if (~mask).any() else 0
-    for r, n in enumerate(lengths):
-        lead, gap = width - n, max(own) - own[r]
+    cache = _stack([entries[k] for k in keys], max(lengths))
+    laid = _layout(inputs, range(len(ids)), lengths, tokenwise, questions=True)
+    return SharedBatch(cache=cache, inputs=laid, start=max(lengths))
+
+
+def _layout(inputs: dict, rows, lengths: list[int], tokenwise: list[str], *, questions: bool) -> dict:
+    """The given rows re-laid, padding masked: `padding | prefix` (the prefixes, left-padded to the longest), or
+    with `questions`, `padding | prefix | padding | question` (questions left-padded to the longest as well)."""
+    mask = inputs["attention_mask"].bool()
+    pad_id = int(inputs["input_ids"][~mask][0]) if (~mask).any() else 0
+    rows = list(rows)
+    width = max(lengths[r] for r in rows)
+    own = {r: int(mask[r].sum()) - lengths[r] if questions else 0 for r in rows}
+    widest = max(own.values())
+    laid: dict[str, list] = {k: [] for k in ("input_ids", *tokenwise, "attention_mask")}
+    for r in rows:
+        n, lead, gap = lengths[r], width - lengths[r], widest - own[r]
         for name in ("input_ids", *tokenwise):
-            row = inputs[name][r][mask[r]]
-            fill = pad_id if name == "input_ids" else 0
-            laid[name].append(torch.cat([row.new_full((lead,), fill), row[:n], row.new_full((gap,), fill), row[n:]]))
-        laid["attention_mask"].append(torch.cat([torch.zeros(lead), torch.ones(n), torch.zeros(gap),
-                                                 torch.ones(own[r])]).to(inputs["attention_mask"]))
-    return SharedBatch(cache=cache, inputs={k: torch.stack(v) for k, v in laid.items()}, start=width)
+            row = inputs[name][r][mask[r]][:n + own[r]]
+            fill = row.new_full((), pad_id if name == "input_ids" else 0)
+            laid[name].append(torch.cat([fill.expand(lead), row[:n], fill.expand(gap), row[n:]]))
+        ones = torch.ones(n + own[r], dtype=inputs["attention_mask"].dtype, device=mask.device)
+        laid["attention_mask"].append(torch.cat([ones.new_zeros(lead), ones[:n], ones.new_zeros(gap), ones[n:]]))
+    return {k: torch.stack(v) for k, v in laid.items()}
 
 
 def _run_prefixes(model, inputs, lengths, rows: list[int], tokenwise) -> list[_Prefix]:
     """One forward over the given rows' prefixes, left-padded to the longest."""
-    width = max(lengths[r] for r in rows)
-    mask = inputs["attention_mask"].bool()
-    pad_id = int(inputs["input_ids"][~mask][0]) if (~mask).any() else 0
-    prefix = {}
-    for name in ("input_ids", *tokenwise):
-        fill = pad_id if name == "input_ids" else 0
-        prefix[name] = torch.stack([torch.cat([inputs[name].new_full((width - lengths[r],), fill),
-                                               inputs[name][r][mask[r]][:lengths[r]]]) for r in rows])
-    prefix["attention_mask"] = torch.stack([torch.cat([torch.zeros(width - lengths[r]), torch.ones(lengths[r])])
-                                            for r in rows]).to(inputs["attention_mask"])
+    prefix = _layout(inputs, rows, lengths, tokenwise, questions=False)
     images = {k: inputs[k][rows] for k in IMAGE_KEYS if inputs.get(k) is not None}
     out = model(**prefix, **images, position_ids=positions(prefix["attention_mask"]), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -169,4 +171,14 @@ def _stack(prefixes: list[_Prefix], width: int):
 
 def cache_argument(model) -> str:
     """The keyword a model's forward takes its key/value cache by (`cache` from transformers 5.2x on)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if accepts(model, "cache") else "past_key_values"
+
+
+def accepts(model, name: str) -> bool:
+    """Whether the model's forward takes keyword `name` (looked up once per model class)."""
+    return name in _parameters(type(model).forward)
+
+
+@functools.cache
+def _parameters(forward) -> frozenset[str]:
+    return frozenset(inspect.signature(forward).parameters)
