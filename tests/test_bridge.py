@@ -269,3 +269,28 @@ def test_models_sharing_a_tower_keep_their_own_probe_results(tmp_path):
     records = {r["model"]: r for r in bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / "b",
                                              replicates=100, figures=False)}
     assert records["base"]["probe_skill"] > 0.9 and records["tuned"]["probe_skill"] < 0.3
+
+
+def test_the_probes_design_effect_widens_its_interval_and_the_gap_interval(tmp_path):
+    """The bridge widens the probe's replicates by the probe result's design effect (the answers' stay): the probe
+    interval grows by the recorded factor about the estimate, and the gap interval grows with it."""
+    from medfrag_probe.probes.metrics import inflation
+
+    case(tmp_path, seed=0, separation=1.2, correct=0.6)
+    results = tmp_path / "probes" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+
+    def bridged(effect: dict, folder: str) -> dict:
+        for r in records:
+            r["design_effect"] = effect
+        results.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / folder, replicates=300, figures=False)[0]
+
+    plain, wide = bridged({}, "b0"), bridged({"balanced_accuracy": 4.0}, "b1")
+    factor = inflation(4.0, 40)
+    assert factor == pytest.approx(2 * 2.0227 / 1.96, abs=1e-3)
+    assert wide["probe_skill"] == plain["probe_skill"] and wide["vqa_skill_ci"] == plain["vqa_skill_ci"]
+    for side in (0, 1):
+        assert abs(wide["probe_skill_ci"][side] - wide["probe_skill"]) == pytest.approx(
+            factor * abs(plain["probe_skill_ci"][side] - plain["probe_skill"]), rel=1e-6)
+    assert np.diff(wide["gap_ci"])[0] > 1.3 * np.diff(plain["gap_ci"])[0]

@@ -16,7 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from medfrag_probe.errors import UserError
 from medfrag_probe.probes import KNNProbe, LinearProbe, probe
-from medfrag_probe.probes.metrics import bootstrap_scores, bootstrap_weights
+from medfrag_probe.probes.metrics import bootstrap_scores, bootstrap_weights, inflation
 from medfrag_probe.probes.similarity import linear_cka
 
 
@@ -361,6 +361,16 @@ def test_paired_difference_detects_a_small_consistent_gain(tmp_path):
     assert diff["delta_ci"][1] - diff["delta_ci"][0] < 0.6 * ((strong[1] - strong[0]) + (weak[1] - weak[0]))
     with pytest.raises(UserError, match="unknown metric"):
         paired_difference(results["weak"].predictions, results["weak"].predictions, metric="kappa")
+    # each side's replicates are widened by its own result's design effect, read from results.jsonl
+    records = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    for effect, name in (({}, "plain"), ({"balanced_accuracy": 9.0}, "wide")):
+        for r in records:
+            r["design_effect"] = effect
+        (tmp_path / "o" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        width = np.diff(paired_difference(results["strong"].predictions, results["weak"].predictions)["delta_ci"])
+        if name == "plain":
+            plain_width = width[0]
+    assert width[0] == pytest.approx(inflation(9.0, 40) * plain_width, rel=1e-6)  # 3 x t(39) / z
 
 
 def test_knn_memory_bounded_chunks_give_the_same_answer():
@@ -433,3 +443,60 @@ def test_point_scores_equal_scikit_learn(classes, absent):
     expected = (roc_auc_score(y, proba[:, 1]) if classes == 2 else
                 np.mean([roc_auc_score(y == k, proba[:, k]) for k in present]))
     assert ours["auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_relabelled_linear_refits_equal_separate_fits_at_the_chosen_c():
+    """The batched permutation refits solve exactly what a separate fit at the same C on those labels solves."""
+    X, y = gaussian(240, 8, separation=2.0, seed=3)
+    model = LinearProbe(Cs=[0.1]).fit(X[:200], y[:200])
+    other = np.random.default_rng(0).permutation(y[:200])
+    together = model.relabelled_proba(X[:200], np.stack([y[:200], other]), X[200:], 2)
+    for codes, proba in zip((y[:200], other), together):
+        alone = LinearProbe(Cs=[0.1]).fit(X[:200], codes).predict_proba(X[200:])
+        assert np.abs(proba - alone).max() < 2e-3
+
+
+def test_relabelled_knn_votes_equal_a_refit_on_those_labels():
+    X, y = gaussian(150, 6, separation=1.0, seed=4)
+    model = KNNProbe(k=7).fit(X[:100], y[:100])
+    other = np.random.default_rng(1).permutation(y[:100])
+    votes = model.relabelled_proba(X[100:], np.stack([y[:100], other]), [3, 7], 2)
+    for k in (3, 7):
+        for codes, proba in zip((y[:100], other), votes[k]):
+            assert np.allclose(proba, KNNProbe(k=k).fit(X[:100], codes).predict_proba(X[100:]), atol=1e-5)
+
+
+def _clustered_null(seed, patients=80, per=6, dim=32):
+    """No class signal; a random offset per patient shared by its images; labels per patient."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, patients)
+    X = np.repeat(rng.normal(size=(patients, dim)), per, 0) + rng.normal(size=(patients * per, dim))
+    return X.astype(np.float32), np.repeat(label, per), np.repeat(np.arange(patients), per)
+
+
+def test_knn_intervals_widen_to_the_spread_of_the_score_across_datasets(tmp_path):
+    """On null data with patient clusters, the plain bootstrap's standard error is well below the real spread of the
+    kNN score across datasets; the design-effect interval matches it (tolerance for 40 datasets)."""
+    estimates, plain, widened, effects = [], [], [], []
+    for seed in range(40):
+        path = write_cache(tmp_path / "c.h5", *_clustered_null(seed)[:2], groups=_clustered_null(seed)[2])
+        (r,) = probe([path], probes="knn", out=tmp_path / "o", controls=False, figures=False, seed=seed,
+                     replicates=300)
+        (p,) = probe([path], probes="knn", out=tmp_path / "p", controls=False, figures=False, seed=seed,
+                     replicates=300, permutations=0)
+        assert r.balanced_accuracy == p.balanced_accuracy and r.permutations == 40 and p.design_effect == {}
+        estimates.append(r.balanced_accuracy)
+        widened.append((r.balanced_accuracy_ci[1] - r.balanced_accuracy_ci[0]) / (2 * 1.96))
+        plain.append((p.balanced_accuracy_ci[1] - p.balanced_accuracy_ci[0]) / (2 * 1.96))
+        effects.append(r.design_effect["balanced_accuracy"])
+    spread = np.std(estimates)
+    assert np.mean(plain) / spread < 0.85  # what the bootstrap alone misses
+    assert 0.8 < np.mean(widened) / spread < 1.3
+    assert np.median(effects) > 1.3
+
+
+def test_permutations_must_be_zero_or_at_least_two(tmp_path):
+    X, y, g = _clustered_null(0, patients=20)
+    path = write_cache(tmp_path / "c.h5", X, y, groups=g)
+    with pytest.raises(UserError, match="permutations must be 0"):
+        probe([path], out=tmp_path / "o", permutations=1, figures=False)

@@ -432,3 +432,26 @@ def test_standard_errors_cluster_by_patient_not_by_image():
     stats = item_stats(records)
     assert stats["n_patients"] == 10
     assert stats["accuracy_se"] == pytest.approx(np.sqrt(0.25 / 9), rel=0.01)  # the SE of a mean of 10 coin flips
+
+
+def test_clustered_rate_intervals_hold_their_level_near_the_ends():
+    """Answers with patient effects (a random logit offset per patient): the rate's 95% interval covers the
+    population rate ~95% of the time in the middle and near 100%, where value +- 1.96 SE covers far less."""
+    from scipy.special import expit, logit
+
+    from medfrag_probe.vqa.measures import rate
+
+    rng = np.random.default_rng(0)
+    for p, sd, patients, per in [(0.5, 1.0, 80, 6), (0.97, 1.0, 80, 6), (0.99, 0.5, 40, 3)]:
+        truth = expit(logit(p) + rng.normal(0, sd, 1_000_000)).mean()
+        covered, wald = [], []
+        for _ in range(1500):
+            chance = expit(logit(p) + rng.normal(0, sd, patients))
+            values = (rng.random((patients, per)) < chance[:, None]).astype(float).ravel()
+            r = rate(values, np.repeat(np.arange(patients), per))
+            covered.append(r["ci"][0] <= truth <= r["ci"][1])
+            wald.append(abs(r["value"] - truth) <= 1.96 * r["se"])
+        assert 0.93 <= np.mean(covered) <= 0.975, (p, np.mean(covered))
+        if p == 0.99:
+            assert np.mean(wald) < 0.85  # what the old interval did
+    assert rate(np.ones(30), np.arange(30))["ci"][0] < 0.95  # 30 of 30 right is not certainty

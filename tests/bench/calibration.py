@@ -8,8 +8,14 @@ Prints one JSON line:
   balanced accuracy at this n (the mean estimate over the datasets; target >= 0.93), and the share holding the Bayes
   balanced accuracy `Phi(separation / 2)` (which a finite training set approaches from below).
 
-    python tests/bench/calibration.py                 # 200 null + 200 signal datasets per probe (~10 min, 2 cores)
-    python tests/bench/calibration.py --datasets 40   # quicker, coarser
+The intervals are the probe's own: a patient bootstrap widened by the permutation design effect (`probe`'s
+`permutations`; `--permutations 0` measures the plain bootstrap). 500 datasets per condition by default: with 200,
+the share of intervals holding a value is known to +-0.015 and the spread of the estimate across datasets (what the
+intervals must match) to +-5%, as wide as the target band.
+
+    python tests/bench/calibration.py                       # 500 null + 500 signal datasets per probe (~11 min)
+    python tests/bench/calibration.py --datasets 40         # quicker, coarser
+    python tests/bench/calibration.py --dim 64 --offset 3   # tighter patient clusters
 """
 
 from __future__ import annotations
@@ -52,7 +58,8 @@ def write_cache(path: Path, X: np.ndarray, y: np.ndarray, groups: np.ndarray) ->
     return path
 
 
-def intervals(n: int, *, probes: tuple[str, ...], separation: float, replicates: int, **design) -> dict:
+def intervals(n: int, *, probes: tuple[str, ...], separation: float, replicates: int, permutations: int = 40,
+              **design) -> dict:
     """{probe: [(estimate, low, high)]} over `n` datasets of the design."""
     found: dict[str, list] = {name: [] for name in probes}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,20 +67,22 @@ def intervals(n: int, *, probes: tuple[str, ...], separation: float, replicates:
             path = write_cache(Path(tmp) / "c.h5", *dataset(10_000 * int(separation * 10) + seed,
                                                              separation=separation, **design))
             for r in probe([path], probes=probes, out=Path(tmp) / "out", controls=False, figures=False,
-                           replicates=replicates, seed=seed):
+                           replicates=replicates, seed=seed, permutations=permutations):
                 found[r.probe].append((r.balanced_accuracy, *r.balanced_accuracy_ci))
     return found
 
 
-def calibration(n: int = 200, *, probes=("linear", "knn"), separation: float = 1.5, replicates: int = 1000,
-                **design) -> dict:
+def calibration(n: int = 500, *, probes=("linear", "knn"), separation: float = 1.5, replicates: int = 1000,
+                permutations: int = 40, **design) -> dict:
     """The JSON record of the module docstring."""
     _log.set_quiet(True)
     start = time.perf_counter()
-    null = intervals(n, probes=probes, separation=0.0, replicates=replicates, **design)
-    signal = intervals(n, probes=probes, separation=separation, replicates=replicates, **design)
+    null = intervals(n, probes=probes, separation=0.0, replicates=replicates, permutations=permutations, **design)
+    signal = intervals(n, probes=probes, separation=separation, replicates=replicates, permutations=permutations,
+                       **design)
     bayes = 0.5 * (1 + erf(separation / 2 / sqrt(2)))
     out = {"datasets": n, "design": {"patients": 80, "per": 6, "dim": 32, "offset": 1.0, **design},
+           "permutations": permutations, "null_sd": {}, "null_halfwidth": {},
            "separation": separation, "bayes_accuracy": round(bayes, 4), "null_exclusion": {}, "null_mean": {},
            "coverage": {}, "coverage_bayes": {}, "signal_mean": {}, "targets": {"null_exclusion": [0.035, 0.065],
                                                                              "coverage": 0.93}}
@@ -81,6 +90,8 @@ def calibration(n: int = 200, *, probes=("linear", "knn"), separation: float = 1
         v = np.array(null[name])
         out["null_exclusion"][name] = round(float(np.mean((v[:, 1] > 0.5) | (v[:, 2] < 0.5))), 4)
         out["null_mean"][name] = round(float(v[:, 0].mean()), 4)
+        out["null_sd"][name] = round(float(v[:, 0].std()), 4)  # the spread the intervals must match
+        out["null_halfwidth"][name] = round(float(((v[:, 2] - v[:, 1]) / (2 * 1.96)).mean()), 4)
         s = np.array(signal[name])
         expected = s[:, 0].mean()
         out["signal_mean"][name] = round(float(expected), 4)
@@ -92,13 +103,14 @@ def calibration(n: int = 200, *, probes=("linear", "knn"), separation: float = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", type=int, default=200)
+    parser.add_argument("--datasets", type=int, default=500)
+    parser.add_argument("--permutations", type=int, default=40)
     parser.add_argument("--probes", default="linear,knn")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--offset", type=float, default=1.0)
     args = parser.parse_args()
     print(json.dumps(calibration(args.datasets, probes=tuple(args.probes.split(",")), dim=args.dim,
-                                 offset=args.offset)))
+                                 offset=args.offset, permutations=args.permutations)))
 
 
 if __name__ == "__main__":

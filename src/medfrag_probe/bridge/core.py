@@ -55,7 +55,7 @@ from .._fs import atomic_write
 from .._log import info
 from ..errors import UserError
 from ..probes.compare import read_predictions
-from ..probes.metrics import bootstrap_weights, interval
+from ..probes.metrics import bootstrap_weights, interval, record_inflation, stretch_replicates
 from ..probes.run import point_order
 from ..vqa.measures import ABSTAINED, UNPARSED, sample_votes
 
@@ -123,6 +123,7 @@ class _Joined:
     probe_pred: np.ndarray
     vqa_pred: np.ndarray  # class index, -1 when unanswered
     weights: np.ndarray
+    probe_inflation: float = 1.0  # the probe interval's design-effect widening (`probes.metrics.inflation`)
 
 
 def bridge(probes, vqa, *, out: str | Path = "probes/bridge", probe: str = "linear", seen_skill: float = 0.5,
@@ -245,13 +246,15 @@ def _bridge_one(run: dict, matched: list[dict], *, out: Path, rule: dict) -> tup
     reads_point = summary.get("reads_point") or matched[0].get("reads_point", "")
     reads = _reads_result(matched, reads_point)
     best_pred, best_points = select_best(matched, fallback=reads)
-    join = _join(best_pred, vqa_class, rename, replicates=rule["replicates"])
+    join = _join(best_pred, vqa_class, rename, replicates=rule["replicates"],
+                 inflation=best_pred.get("inflation", 1.0))
     scores = _paired(join)
     table, p_value = mcnemar(join)
     verdict, evidence = decide(scores, n=len(join.ids), seen_skill=rule["seen_skill"], min_gap=rule["min_gap"])
     reads_scores = None
     if reads is not None:
-        reads_join = _join(read_predictions(reads["predictions"]), vqa_class, rename, replicates=rule["replicates"])
+        reads_join = _join(read_predictions(reads["predictions"]), vqa_class, rename, replicates=rule["replicates"],
+                           inflation=record_inflation(reads))
         reads_scores = _paired(reads_join)
     description = _description(run)
     name = f"{_slug(summary['model'])}__{_slug(summary['data'])}"
@@ -358,22 +361,25 @@ def select_best(matched: list[dict], *, fallback: dict | None = None) -> tuple[d
         if chosen is None:
             raise UserError("no vision or projector probe results to compare with the answers")
         preds = read_predictions_with_folds(chosen["predictions"])
+        preds["inflation"] = record_inflation(chosen)
         return preds, {"all": f"{chosen['point']}/{chosen['pooling']} (no held-out scores: not selected)"}
     preds = {id(r): read_predictions_with_folds(r["predictions"]) for r in scored}
     base = preds[id(scored[0])]
     folds = sorted(set(base["fold"].tolist()))
     proba = np.full_like(base["proba"], np.nan)
     chosen = {}
+    inflation = 1.0  # the widest of the chosen results' (each fold's rows come from one of them)
     for fold in folds:
         best = max(scored, key=lambda r: (_val(r, fold), -point_order(r["point"])[0]))
         chosen[str(fold)] = f"{best['point']}/{best['pooling']}"
+        inflation = max(inflation, record_inflation(best))
         p = preds[id(best)]
         if not np.array_equal(p["ids"], base["ids"]):
             raise UserError(f"probe predictions {best['predictions']} list other samples than "
                             f"{scored[0]['predictions']}")
         rows = base["fold"] == fold
         proba[rows] = p["proba"][rows]
-    return {**base, "proba": proba}, chosen
+    return {**base, "proba": proba, "inflation": inflation}, chosen
 
 
 def _val(record: dict, fold: int) -> float:
@@ -390,7 +396,7 @@ def read_predictions_with_folds(path: str) -> dict:
     return data
 
 
-def _join(pred: dict, vqa_class: dict, rename: dict, *, replicates: int) -> _Joined:
+def _join(pred: dict, vqa_class: dict, rename: dict, *, replicates: int, inflation: float = 1.0) -> _Joined:
     classes = [rename.get(c, c) for c in pred["classes"]]
     index = {c: k for k, c in enumerate(classes)}
     keep = np.array([i in vqa_class for i in pred["ids"]])
@@ -405,7 +411,7 @@ def _join(pred: dict, vqa_class: dict, rename: dict, *, replicates: int) -> _Joi
     groups = pred["groups"][keep]
     return _Joined(ids=ids, groups=groups, labels=pred["labels"][keep], classes=classes,
                    probe_pred=pred["proba"][keep].argmax(1), vqa_pred=vqa_pred,
-                   weights=bootstrap_weights(groups, replicates=replicates))
+                   weights=bootstrap_weights(groups, replicates=replicates), probe_inflation=inflation)
 
 
 def balanced_skill(correct: np.ndarray, labels: np.ndarray, n_classes: int, weights: np.ndarray | None = None):
@@ -429,9 +435,12 @@ def _paired(join: _Joined) -> dict:
     K = len(join.classes)
     probe_ok = (join.probe_pred == join.labels).astype(float)
     vqa_ok = _vqa_credit(join.vqa_pred, join.labels, K)
-    probe_boot = balanced_skill(probe_ok, join.labels, K, join.weights)
-    vqa_boot = balanced_skill(vqa_ok, join.labels, K, join.weights)
     probe, vqa = balanced_skill(probe_ok, join.labels, K), balanced_skill(vqa_ok, join.labels, K)
+    # the probe's replicates widened by its design effect (its models were fitted on finite data; the answers'
+    # model was not fitted here, so theirs stay): the gap stays paired, replicate by replicate
+    probe_boot = stretch_replicates(balanced_skill(probe_ok, join.labels, K, join.weights), probe,
+                                    join.probe_inflation)
+    vqa_boot = balanced_skill(vqa_ok, join.labels, K, join.weights)
     return {"probe": probe, "probe_ci": interval(probe_boot), "vqa": vqa, "vqa_ci": interval(vqa_boot),
             "gap": probe - vqa, "gap_ci": interval(probe_boot - vqa_boot), "probe_boot": probe_boot,
             "vqa_boot": vqa_boot}
@@ -520,8 +529,13 @@ def _delta(a: BridgeRecord, b: BridgeRecord, ja: _Joined, jb: _Joined, *, replic
            "identical_vision_tower": bool(a.vision_fingerprint) and a.vision_fingerprint == b.vision_fingerprint}
     for name, pa, pb in (("probe", ja.probe_pred[ia], jb.probe_pred[ib]), ("vqa", ja.vqa_pred[ia], jb.vqa_pred[ib])):
         ok_a, ok_b = _vqa_credit(pa, labels, K), _vqa_credit(pb, labels, K)  # probes always answer
-        delta = balanced_skill(ok_b, labels, K) - balanced_skill(ok_a, labels, K)
-        boot = balanced_skill(ok_b, labels, K, weights) - balanced_skill(ok_a, labels, K, weights)
+        skill_a, skill_b = balanced_skill(ok_a, labels, K), balanced_skill(ok_b, labels, K)
+        delta = skill_b - skill_a
+        boot_a, boot_b = balanced_skill(ok_a, labels, K, weights), balanced_skill(ok_b, labels, K, weights)
+        if name == "probe":
+            boot_a = stretch_replicates(boot_a, skill_a, ja.probe_inflation)
+            boot_b = stretch_replicates(boot_b, skill_b, jb.probe_inflation)
+        boot = boot_b - boot_a
         out[f"{name}_delta"] = delta
         out[f"{name}_delta_ci"] = interval(boot)
     return out

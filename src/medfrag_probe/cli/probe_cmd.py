@@ -37,6 +37,9 @@ def probe_command(
     folds: Annotated[int, typer.Option(help="Group k-fold folds when the data has no splits.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of folds, shuffles and bootstrap.")] = 0,
     replicates: Annotated[int, typer.Option(help="Bootstrap replicates for the 95% CIs.")] = 1000,
+    permutations: Annotated[int, typer.Option(help="Refits on labels permuted across patients that measure how "
+                                              "much wider than the bootstrap the CIs must be (the design effect "
+                                              "of fitted probes); 0 keeps the plain bootstrap.")] = 40,
     controls: Annotated[bool, typer.Option(help="Shuffled-label control (selectivity).")] = True,
     ks: Annotated[Optional[str], typer.Option(help="k sweep for kNN probes, e.g. 1,5,10,20,50.")] = None,
     curves: Annotated[bool, typer.Option(help="Also learning curves (1,2,4,..,32,all per class).")] = False,
@@ -59,6 +62,7 @@ def probe_command(
         raise UserError(f"--replicates must be >= 10, got {replicates}")
     results = probe([str(c) for c in caches], points=points, poolings=poolings, probes=probes, out=out,
                     folds=folds, seed=seed, replicates=replicates, controls=controls, ks=_ints(ks, "--ks"),
+                    permutations=permutations,
                     device=device, allow_split_overlap=allow_split_overlap,
                     allow_incomplete=allow_incomplete)
     if curves:

@@ -12,7 +12,7 @@ Schema (every key optional but `models` and `tasks`; an unknown key is refused, 
     tasks: [TASK | {task, data, label}]             # TASK: a name under configs/tasks/ or a path; the data spec
                                                     # defaults to the task file's own `data`
     points: "vision.*,projector"   poolings: "cls,mean"   probes: [linear, knn]
-    folds: 5   replicates: 1000   controls: true   seeds: [0]
+    folds: 5   replicates: 1000   permutations: 40   controls: true   seeds: [0]
     extract: {batch_size, device, dtype, store_dtype, prompt, workers}
     vqa: false | {conditions, prompts, max_new_tokens, describe_tokens, describe_with, limit, split, batch_size,
                   device, dtype}
@@ -33,7 +33,7 @@ from .._yaml import configs_dir, locate, read
 from ..errors import UserError
 
 TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
-            "replicates", "controls", "seeds", "extract", "vqa", "bridge", "sweep")
+            "replicates", "permutations", "controls", "seeds", "extract", "vqa", "bridge", "sweep")
 MODEL_KEYS = ("spec", "label", "dtype", "trust_remote_code")
 TASK_KEYS = ("task", "data", "label")
 EXTRACT_KEYS = ("batch_size", "device", "dtype", "store_dtype", "prompt", "workers")
@@ -79,6 +79,7 @@ class Config:
     probes: list[str] = field(default_factory=lambda: ["linear", "knn"])
     folds: int = 5
     replicates: int = 1000
+    permutations: int = 40
     controls: bool = True
     seeds: list[int] = field(default_factory=lambda: [0])
     extract: dict = field(default_factory=dict)
@@ -120,6 +121,13 @@ def _keys(mapping, valid, path, where: str) -> dict:
 def _int(value, path, where: str, *, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise _fail(path, f"{where} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _permutations(value, path) -> int:
+    """0 (plain patient bootstrap) or at least 2 permutation refits (the intervals' design effect)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value == 1:
+        raise _fail(path, f"permutations must be 0 (plain patient bootstrap) or an integer >= 2, got {value!r}")
     return value
 
 
@@ -189,6 +197,7 @@ def validate(raw, path) -> Config:
         poolings=",".join(_listish(poolings, path, "poolings")) if poolings else None, probes=probes,
         folds=_int(raw.get("folds", 5), path, "folds", low=2),
         replicates=_int(raw.get("replicates", 1000), path, "replicates", low=10),
+        permutations=_permutations(raw.get("permutations", 40), path),
         controls=_bool(raw.get("controls", True), path, "controls"), seeds=seeds,
         extract=_check_extract(dict(_keys(raw.get("extract") or {}, EXTRACT_KEYS, path, "extract")), path),
         vqa=vqa if vqa is not False else None,

@@ -211,7 +211,8 @@ def _probe(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *,
 
     ks = config.sweep["values"] if config.sweep and config.sweep["factor"] == "k" else None
     identity = {"extract": config.digest(upstream), "probes": _probes(config), "folds": config.folds,
-                "replicates": config.replicates, "controls": config.controls, "seed": seed, "ks": ks,
+                "replicates": config.replicates, "permutations": config.permutations, "controls": config.controls,
+                "seed": seed, "ks": ks,
                 "version": __version__}
     name = f"probe__{unit.key}__seed{seed}"
     if stamps.fresh(name, identity):
@@ -221,7 +222,7 @@ def _probe(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *,
     folder = out / "probes" / f"seed-{seed}" / unit.key
     shutil.rmtree(folder, ignore_errors=True)
     probe([out / "cache" / f"{unit.key}.h5"], probes=_probes(config), out=folder, folds=config.folds, seed=seed,
-          replicates=config.replicates, controls=config.controls, ks=ks)
+          replicates=config.replicates, controls=config.controls, ks=ks, permutations=config.permutations)
     stamps.mark(name, identity)
     _note(log, "probe", f"{unit.key} seed {seed}", "ran", time.perf_counter() - start)
 

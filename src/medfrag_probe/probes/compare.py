@@ -1,7 +1,9 @@
 """Paired comparison of two probe results (two models, points or probes) on the samples they share.
 
 Both prediction files are joined on sample id and resampled with the same patient-level bootstrap weights, so the
-interval is for the *difference* and is far tighter than two overlapping marginal intervals suggest.
+interval is for the *difference* and is far tighter than two overlapping marginal intervals suggest. Each side's
+replicates are widened by its result's design effect (read from the `results.jsonl` beside its `predictions/`
+folder), as its own interval is.
 
     from medfrag_probe.probes.compare import paired_difference
     paired_difference("probes/predictions/a__vision.block.22__mean__linear.csv",
@@ -12,12 +14,14 @@ interval is for the *difference* and is far tighter than two overlapping margina
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError, bad_choice
-from .metrics import REPLICATES, SEED, bootstrap_scores, bootstrap_weights, interval, point_scores
+from .metrics import (REPLICATES, SEED, bootstrap_scores, bootstrap_weights, interval, point_scores, record_inflation,
+                      stretch_replicates)
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 
@@ -55,9 +59,26 @@ def paired_difference(path_a, path_b, *, metric: str = "balanced_accuracy", repl
     K = len(a["classes"])
     y = a["labels"][ia]
     weights = bootstrap_weights(a["groups"][ia], replicates=replicates, seed=seed)
-    boot_a = bootstrap_scores(y, a["proba"][ia], weights, K)[metric]
-    boot_b = bootstrap_scores(y, b["proba"][ib], weights, K)[metric]
     score_a = point_scores(y, a["proba"][ia], K)[metric]
     score_b = point_scores(y, b["proba"][ib], K)[metric]
+    boot_a = bootstrap_scores(y, a["proba"][ia], weights, K)[metric]
+    boot_b = bootstrap_scores(y, b["proba"][ib], weights, K)[metric]
+    if score_a is not None and score_b is not None:
+        boot_a = stretch_replicates(boot_a, score_a, _inflation(path_a, metric))
+        boot_b = stretch_replicates(boot_b, score_b, _inflation(path_b, metric))
     return {"metric": metric, "a": score_a, "b": score_b, "delta": None if score_a is None or score_b is None
             else score_a - score_b, "delta_ci": interval(boot_a - boot_b), "n": int(len(shared))}
+
+
+def _inflation(path, metric: str) -> float:
+    """The interval widening of the result whose predictions are at `path` (1 when its record is not found)."""
+    path = Path(path).resolve()
+    results = path.parent.parent / "results.jsonl"
+    if not results.is_file():
+        return 1.0
+    with results.open() as fh:
+        for line in fh:
+            record = json.loads(line)
+            if record.get("predictions") and Path(record["predictions"]).resolve() == path:
+                return record_inflation(record, metric)
+    return 1.0

@@ -127,6 +127,27 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.intercept_ = b[-1].cpu().numpy()
         return self
 
+    def relabelled_proba(self, X, codes: np.ndarray, X_test, n_classes: int) -> np.ndarray:
+        """Class probabilities (P, n_test, n_classes) of P refits on the training rows `X` (the rows of the last
+        `fit`) at the chosen C and standardisation, one per label vector in `codes` (P, n; codes 0..n_classes-1),
+        solved together. The permutation refits behind the probe's intervals: same data, same protocol, no signal."""
+        check_is_fitted(self, "coef_")
+        X = np.asarray(X, dtype=np.float32)
+        dev = _device(self.device)
+        Xt = torch.from_numpy((X - self.mean_) / self.scale_).to(dev)
+        masks = torch.ones(len(codes), len(X), device=dev)
+        work = Xt.shape[0] * Xt.shape[1] * len(codes) * max(n_classes - 1, 1)
+        solve = logistic_path_cpu if dev.type == "cpu" and work < SCIPY_WORK else logistic_path
+        with cpu_threads(dev, work):
+            W, b = next(iter(solve(Xt, torch.from_numpy(np.asarray(codes)).long().to(dev), masks, [self.C_],
+                                   n_classes=n_classes, max_iter=self.max_iter, tol=self.tol)))
+        Z = torch.from_numpy((np.asarray(X_test, dtype=np.float32) - self.mean_) / self.scale_).to(dev)
+        logits = torch.einsum("nd,pdk->pnk", Z, W) + b[:, None, :]
+        if n_classes == 2:
+            p = torch.sigmoid(logits[..., 0])
+            return torch.stack([1 - p, p], -1).cpu().numpy()
+        return torch.softmax(logits, -1).cpu().numpy()
+
     def _penalty_scales(self, X, masks) -> np.ndarray:
         """(P, D) squared ratio of each problem's own feature scale to the shared one (1 for the refit): each inner
         fold is standardised on its own training rows (see `solver`)."""
@@ -186,7 +207,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """Class probabilities (n, K)."""
         logits = self.decision_function(X)
         if logits.ndim == 1:
-            p = 1.0 / (1.0 + np.exp(-logits))
+            p = 0.5 * (1 + np.tanh(0.5 * logits))  # the sigmoid, without overflow at large logits
             return np.stack([1 - p, p], axis=1)
         logits = logits - logits.max(1, keepdims=True)
         e = np.exp(logits)
@@ -275,6 +296,32 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
                     out[k].append(self._votes(sims[:, :k], idx[:, :k]))
         return {k: np.concatenate(v) for k, v in out.items()}
 
+    def relabelled_proba(self, X, codes: np.ndarray, ks: Sequence[int], n_classes: int) -> dict[int, np.ndarray]:
+        """Vote shares {k: (P, n, n_classes)} of the queries `X` with the training rows relabelled by each row of
+        `codes` (P, n_train; codes 0..n_classes-1): one neighbour search serves every label vector and every k."""
+        check_is_fitted(self, "train_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        codes = torch.from_numpy(np.asarray(codes)).long().to(self.train_.device)
+        ks = sorted({int(min(k, len(self.codes_))) for k in ks})
+        out = {k: [] for k in ks}
+        per_query = 4 * len(self.codes_) + 16 * len(codes) * ks[-1]  # similarities, then gathered codes and weights
+        chunk = self.chunk_size or max(1, min(8192, (self.memory_mb << 20) // per_query))
+        with cpu_threads(self.train_.device, len(X) * self.train_.numel()):
+            for start in range(0, len(X), chunk):
+                query = self._prepare(torch.from_numpy(X[start:start + chunk]).to(self.train_.device))
+                sims, idx = self._neighbours(query, ks[-1])
+                for k in ks:
+                    weight = self._weights(sims[:, :k])
+                    votes = torch.zeros(len(codes), len(sims), n_classes, dtype=weight.dtype, device=weight.device)
+                    votes.scatter_add_(2, codes[:, idx[:, :k]], weight.expand(len(codes), -1, -1).contiguous())
+                    out[k].append(votes.cpu().numpy())
+        return {k: np.concatenate(v, axis=1) for k, v in out.items()}
+
+    def _weights(self, sims: torch.Tensor) -> torch.Tensor:
+        if self.weights == "softmax":
+            return torch.softmax(sims / self.temperature, dim=1)
+        return torch.full_like(sims, 1.0 / sims.shape[1])
+
     def _neighbours(self, query: torch.Tensor, k: int):
         if self.metric == "cosine":
             return torch.topk(query @ self.train_.T, k, dim=1)
@@ -283,10 +330,7 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         return neg, idx
 
     def _votes(self, sims: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
-        if self.weights == "softmax":
-            weight = torch.softmax(sims / self.temperature, dim=1)
-        else:
-            weight = torch.full_like(sims, 1.0 / sims.shape[1])
+        weight = self._weights(sims)
         votes = torch.zeros(len(sims), len(self.classes_), dtype=weight.dtype, device=weight.device)
         votes.scatter_add_(1, self.codes_[idx], weight)
         return votes.cpu().numpy()

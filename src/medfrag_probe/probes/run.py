@@ -28,8 +28,11 @@ from ..cache import EmbeddingCache
 from ..errors import UserError, bad_choice
 from ..models.loading import resolve_device
 from .estimators import PROBES, inner_folds
-from .metrics import bootstrap_scores, bootstrap_weights, interval, point_scores, skill
+from .metrics import (PERMUTATION_REPLICATES, bootstrap_scores, bootstrap_weights, design_effects, inflation,
+                      interval,                      point_scores, skill, stretched)
 from .splits import SplitPlan, plan_splits
+
+PERMUTATIONS = 40  # permutation refits per result behind the intervals' design effect (0: plain bootstrap)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class ProbeResult:
     confusion: list
     folds: int
     hyper: dict = field(default_factory=dict)
+    ci_method: str = "patient-bootstrap"
+    design_effect: dict = field(default_factory=dict)
+    permutations: int = 0
     note: str = ""
     reads_point: str = ""
     model_fingerprint: str = ""
@@ -105,8 +111,13 @@ class _Task:
 def probe(caches, *, points: str | None = None, poolings: str | None = None, probes=("linear", "knn"),
           out: str | Path = "probes", folds: int = 5, seed: int = 0, replicates: int = 1000, controls: bool = True,
           ks=None, device: str = "auto", figures: bool = True, allow_split_overlap: bool = False,
-          allow_incomplete: bool = False) -> list[ProbeResult]:
+          allow_incomplete: bool = False, permutations: int = PERMUTATIONS) -> list[ProbeResult]:
     """Probe every matching (point, pooling) of each cache; write results under `out`; return the results.
+
+    Intervals: a patient bootstrap of the out-of-fold predictions, widened by the probe's design effect, which
+    `permutations` refits of the same protocol on labels permuted across patients measure (see
+    `metrics.design_effects`); `permutations=0` keeps the plain bootstrap (narrower than it should be: it ignores
+    that each fold's model was fitted on finite data).
 
     Given train/val/test splits that share a patient are refused unless `allow_split_overlap`. A cache whose
     extraction has not finished (samples neither extracted nor failed) is refused unless `allow_incomplete`: the
@@ -115,6 +126,8 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     `device="auto"` runs the kNN search and the logistic-regression solver on CUDA when present, else on the CPU.
     """
     probes = _check_probes(probes)
+    if permutations == 1 or permutations < 0:
+        raise UserError(f"permutations must be 0 (plain patient bootstrap) or at least 2, not {permutations}")
     device = str(resolve_device(device))
     out = Path(out)
     opened = [EmbeddingCache(path) for path in ([caches] if isinstance(caches, (str, Path)) else caches)]
@@ -133,7 +146,7 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
                 for name in probes:
                     bar.set_postfix_str(f"{Path(path).stem} {point}/{pooling} {name}", refresh=False)
                     for result in _run_one(task, point, pooling, name, out=out, seed=seed, replicates=replicates,
-                                           controls=controls, ks=ks, device=device):
+                                           controls=controls, ks=ks, device=device, permutations=permutations):
                         results.append(result)
                         debug(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
                               f"{result.balanced_accuracy:.3f} {format_ci(result.balanced_accuracy_ci)} "
@@ -216,20 +229,23 @@ def _features(task: _Task, point: str, pooling: str) -> tuple[np.ndarray, np.nda
     return X, np.isfinite(X).all(1)
 
 
-def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks, device) -> list[ProbeResult]:
+def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks, device,
+             permutations=0) -> list[ProbeResult]:
     start = time.perf_counter()
     X, finite = _features(task, point, pooling)
     if not finite.any():  # one broken point must not cost the finished ones: skip it with a note
         info(f"probe {task.cache.path.name} {point}/{pooling} {name}: skipped, every row has NaN or inf values")
         return []
     k_values = sorted(set(ks)) if (ks and name.startswith("knn")) else [None]
-    oof, hyper = _fit_predict(task, X, finite, task.labels, name, k_values, seed=seed, device=device)
+    permuted = _permuted_labels(task, finite, permutations, seed)
+    oof, hyper, permuted_oof = _fit_predict(task, X, finite, task.labels, name, k_values, seed=seed, device=device,
+                                            permuted=permuted)
     shuffled = None
     if controls:
         shuffled_labels = task.labels.copy()
         shuffled_labels[finite] = shuffle_by_patient(task.labels[finite], task.groups[finite],
                                                      np.random.default_rng(seed + 1))
-        shuffled, _ = _fit_predict(task, X, finite, shuffled_labels, name, k_values, seed=seed, device=device)
+        shuffled, _, _ = _fit_predict(task, X, finite, shuffled_labels, name, k_values, seed=seed, device=device)
         shuffled = {k: (v, shuffled_labels) for k, v in shuffled.items()}
     results = []
     for k in k_values:
@@ -238,14 +254,30 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
         _write_predictions(task, oof[k], finite, pred_path)
         results.append(_summarise(task, point, pooling, label, oof[k], shuffled[k] if shuffled else None,
                                   finite, {**hyper, **({"k": k} if k else {})}, replicates=replicates,
-                                  seconds=time.perf_counter() - start, predictions=str(pred_path)))
+                                  seconds=time.perf_counter() - start, predictions=str(pred_path),
+                                  permuted=(permuted, permuted_oof[k]) if permuted is not None else None))
     return results
 
 
-def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device):
-    """Out-of-fold class probabilities for every evaluated row (NaN rows stay NaN), per k."""
+
+def _permuted_labels(task, finite, permutations: int, seed: int) -> np.ndarray | None:
+    """(P, n) labels permuted across patients over the finite rows (others keep theirs), or None."""
+    if not permutations:
+        return None
+    rng = np.random.default_rng([seed, 7919])
+    out = np.repeat(task.labels[None], permutations, 0)
+    for row in out:
+        row[finite] = shuffle_by_patient(task.labels[finite], task.groups[finite], rng)
+    return out
+
+
+def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device, permuted=None):
+    """Out-of-fold class probabilities for every evaluated row (NaN rows stay NaN), per k; with `permuted` labels
+    (P, n), also those of the same protocol refitted on each label vector (C as chosen on the real labels)."""
     K = len(task.names)
     oof = {k: np.full((len(X), K), np.nan, np.float32) for k in k_values}
+    permuted_oof = {k: None if permuted is None else np.full((len(permuted), len(X), K), np.nan, np.float32)
+                    for k in k_values}
     # val_score[f]: held-out score of fold f's chosen C on its training-side rows (what the bridge selects points by)
     hyper: dict = {"C": [], "val_score": [None] * len(task.plan.folds)} if name == "linear" else {}
     for f, (fold, inner) in enumerate(zip(task.plan.folds, task.inner)):
@@ -262,15 +294,21 @@ def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device):
             hyper["C"].append(model.C_)
             hyper["val_score"][f] = float(model.cv_scores_.max()) if len(model.cv_scores_) else None
             oof[None][np.ix_(test, present)] = model.predict_proba(X[test])
+            if permuted is not None:
+                permuted_oof[None][:, test] = model.relabelled_proba(X[train], permuted[:, train], X[test], K)
         else:
             model.fit(X[train], labels[train])
             sweep = model.predict_proba_sweep(X[test], [k or model.k for k in k_values])
             for k in k_values:
                 oof[k][np.ix_(test, present)] = sweep[min(k or model.k, len(train))]
+            if permuted is not None:
+                relabelled = model.relabelled_proba(X[test], permuted[:, train], [k or model.k for k in k_values], K)
+                for k in k_values:
+                    permuted_oof[k][:, test] = relabelled[min(k or model.k, len(train))]
     for k in k_values:  # classes absent from a training fold get probability 0
         rows = np.isfinite(oof[k]).any(1)
         oof[k][rows] = np.nan_to_num(oof[k][rows], nan=0.0)
-    return oof, hyper
+    return oof, hyper, permuted_oof
 
 
 def _restrict(inner, train_rows, finite):
@@ -283,12 +321,19 @@ def _restrict(inner, train_rows, finite):
 
 
 def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, replicates, seconds,
-               predictions) -> ProbeResult:
+               predictions, permuted=None) -> ProbeResult:
     rows = task.eval_rows[finite[task.eval_rows]]
     y, p = task.labels[rows], proba[rows]
     K = len(task.names)
     scores = point_scores(y, p, K)
-    boot = bootstrap_scores(y, p, task.bootstrap(rows, replicates), K)
+    weights = task.bootstrap(rows, replicates)
+    boot = bootstrap_scores(y, p, weights, K)
+    effects = {}
+    if permuted is not None:
+        effects = design_effects(permuted[0][:, rows], permuted[1][:, rows], weights[:PERMUTATION_REPLICATES], K)
+    widen = {name: inflation(effect, len(permuted[0])) for name, effect in effects.items()}
+    ci = {name: stretched(interval(boot[name]), scores[name], widen.get(name, 1.0))
+          for name in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")}
     chance = 1.0 / K
     majority = _majority_accuracy(task, rows)
     # the control is scored against the labels it was trained on: what the protocol fits where no class signal is
@@ -298,16 +343,19 @@ def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, r
         model=str(cache.attrs.get("model", cache.path.stem)), data=str(cache.attrs.get("data", "")),
         cache=str(cache.path), point=point, pooling=pooling, probe=label, split=task.plan.kind, n=len(rows),
         n_excluded=int(len(task.cache) - len(rows)), n_classes=K, classes=task.names, chance=chance,
-        majority_accuracy=majority, accuracy=scores["accuracy"], accuracy_ci=interval(boot["accuracy"]),
-        balanced_accuracy=scores["balanced_accuracy"], balanced_accuracy_ci=interval(boot["balanced_accuracy"]),
-        macro_f1=scores["macro_f1"], macro_f1_ci=interval(boot["macro_f1"]), auroc=scores["auroc"],
-        auroc_ci=interval(boot["auroc"]), skill=float(skill(scores["balanced_accuracy"], chance)),
-        skill_ci=interval(skill(boot["balanced_accuracy"], chance)),
+        majority_accuracy=majority, accuracy=scores["accuracy"], accuracy_ci=ci["accuracy"],
+        balanced_accuracy=scores["balanced_accuracy"], balanced_accuracy_ci=ci["balanced_accuracy"],
+        macro_f1=scores["macro_f1"], macro_f1_ci=ci["macro_f1"], auroc=scores["auroc"], auroc_ci=ci["auroc"],
+        skill=float(skill(scores["balanced_accuracy"], chance)),
+        skill_ci=None if ci["balanced_accuracy"] is None else [float(v) for v in
+                                                                skill(np.array(ci["balanced_accuracy"]), chance)],
         shuffled_accuracy=shuffled_scores["accuracy"] if shuffled_scores else None,
         shuffled_balanced_accuracy=shuffled_scores["balanced_accuracy"] if shuffled_scores else None,
         selectivity=(scores["balanced_accuracy"] - shuffled_scores["balanced_accuracy"]) if shuffled_scores else None,
         per_class_recall=scores["per_class_recall"], confusion=scores["confusion"], folds=len(task.plan.folds),
-        hyper=hyper, note=task.plan.note, reads_point=str(cache.attrs.get("reads_point", "")),
+        hyper=hyper, ci_method="patient-bootstrap x permutation design effect" if effects else "patient-bootstrap",
+        design_effect={name: round(value, 4) for name, value in effects.items()},
+        permutations=len(permuted[0]) if permuted is not None else 0, note=task.plan.note, reads_point=str(cache.attrs.get("reads_point", "")),
         model_fingerprint=str(cache.attrs.get("model_fingerprint", "")),
         vision_fingerprint=str(cache.attrs.get("vision_fingerprint", "")),
         data_fingerprint=str(cache.attrs.get("data_fingerprint", "")), predictions=predictions,

@@ -1,7 +1,8 @@
 """Batched L2 logistic regression: several problems that share one feature matrix, solved together.
 
-Problems differ by which rows they train on (a 0/1 mask per problem: the inner CV folds and the refit) and share
-the regularisation `C`. Walking a grid of C values from strong to weak regularisation, each solve starts from the
+Problems differ by which rows they train on (a 0/1 mask per problem: the inner CV folds and the refit), and may
+differ by their labels (one label vector per problem: the permutation refits behind the probe's intervals); they
+share the regularisation `C`. Walking a grid of C values from strong to weak regularisation, each solve starts from the
 previous solution. One wide matrix product serves all problems, so the feature matrix is read once per step instead
 of once per problem; the gradient is written by hand (no autograd).
 
@@ -20,20 +21,23 @@ import torch
 
 
 def _loss_grad(X, XT, Y, M, n, W, b, C, binary, S=None):
-    """Loss (summed over problems) and gradients; X (N, D), Y (N, K'), M (P, N), W (P, D, K'), b (P, K')."""
+    """Loss (summed over problems) and gradients; X (N, D), Y (N, K') or per problem (N, P, K'), M (P, N),
+    W (P, D, K'), b (P, K')."""
     P, D, K = W.shape
+    if Y.dim() == 2:
+        Y = Y[:, None, :]
     Z = (X @ W.permute(1, 0, 2).reshape(D, P * K)).view(-1, P, K) + b  # N, P, K
     if binary:
         prob = torch.sigmoid(Z)
-        nll = torch.nn.functional.softplus(Z) - Z * Y[:, None, :]
+        nll = torch.nn.functional.softplus(Z) - Z * Y
     else:
         logp = torch.log_softmax(Z, dim=-1)
         prob = logp.exp()
-        nll = -(logp * Y[:, None, :])
+        nll = -(logp * Y)
     weight = (M / n[:, None]).T[:, :, None]  # N, P, 1
     SW = W if S is None else W * S[:, :, None]
     loss = (nll * weight).sum() + ((W * SW).sum((1, 2)) / (2 * C * n)).sum()
-    G = (prob - Y[:, None, :]) * weight  # N, P, K
+    G = (prob - Y) * weight  # N, P, K
     gW = (XT @ G.reshape(-1, P * K)).view(D, P, K).permute(1, 0, 2) + SW / (C * n)[:, None, None]
     return loss, gW, G.sum(0)
 
@@ -42,13 +46,15 @@ def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, 
                   tol: float = 1e-4, penalty_scales: torch.Tensor | None = None):
     """Solve every masked problem for each C in `Cs` (ascending), yielding (W (P, D, K'), b (P, K')) per C.
 
+    `y` holds class codes: (N,) shared by every problem, or (P, N), one label vector per problem.
     `penalty_scales` (P, D): per-problem, per-feature penalty weights (module docstring); None means all ones.
 
     A generator, so the caller can stop walking the path early (the weakly regularised end is the costly one).
     """
     binary = n_classes == 2
     K = 1 if binary else n_classes
-    Y = y[:, None].to(X.dtype) if binary else torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
+    codes = y if y.dim() == 1 else y.T  # N or (N, P)
+    Y = codes[..., None].to(X.dtype) if binary else torch.nn.functional.one_hot(codes, n_classes).to(X.dtype)
     n = masks.sum(1).clamp(min=1)
     XT = X.T.contiguous()  # the gradient's product reads X by columns; a transposed copy is ~25% faster
     W = torch.zeros(masks.shape[0], X.shape[1], K, dtype=X.dtype, device=X.device, requires_grad=True)
@@ -83,7 +89,10 @@ def logistic_path_cpu(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500, t
     S = None if penalty_scales is None else penalty_scales.detach().cpu().numpy().astype(np.float64)
     binary = n_classes == 2
     K = 1 if binary else n_classes
-    Y = yn[:, None].astype(np.float64) if binary else np.eye(n_classes)[yn]
+    codes = yn if yn.ndim == 1 else yn.T  # N or (N, P)
+    Y = codes[..., None].astype(np.float64) if binary else np.eye(n_classes)[codes]
+    if Y.ndim == 2:
+        Y = Y[:, None, :]
     P, D = M.shape[0], Xn.shape[1]
     n = np.maximum(M.sum(1), 1)
     weight = (M / n[:, None]).T[:, :, None]  # N, P, 1
@@ -95,15 +104,15 @@ def logistic_path_cpu(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500, t
         Z = (Xn @ W.transpose(1, 0, 2).reshape(D, P * K)).reshape(-1, P, K) + b
         if binary:
             prob = 0.5 * (1 + np.tanh(0.5 * Z))  # a stable sigmoid
-            nll = np.logaddexp(0, Z) - Z * Y[:, None, :]
+            nll = np.logaddexp(0, Z) - Z * Y
         else:
             Z = Z - Z.max(-1, keepdims=True)
             logp = Z - np.log(np.exp(Z).sum(-1, keepdims=True))
             prob = np.exp(logp)
-            nll = -(logp * Y[:, None, :])
+            nll = -(logp * Y)
         SW = W if S is None else W * S[:, :, None]
         loss = (nll * weight).sum() + ((W * SW).sum((1, 2)) / (2 * C * n)).sum()
-        G = (prob - Y[:, None, :]) * weight
+        G = (prob - Y) * weight
         gW = (XT @ G.reshape(-1, P * K)).reshape(D, P, K).transpose(1, 0, 2) + SW / (C * n)[:, None, None]
         return loss, np.concatenate([gW.ravel(), G.sum(0).ravel()])
 

@@ -3,7 +3,8 @@
 Items are (sample, prompt) pairs with an expected answer (descriptions are not items). Standard errors are clustered
 by **patient** (the record's `group`; a sample without one is its own patient): items of one patient are not
 independent, so `se = sqrt(G/(G-1) * sum_g r_g^2) / n` with `r_g` the summed residuals of patient g; `*_ci` is the
-normal interval `value +- 1.96 se`, clipped to [0, 1].
+Wilson score interval at the effective sample size n / design effect with a t(G-1) quantile (`wilson_clustered`),
+which holds its level near 0% and 100% where `value +- 1.96 se` does not.
 
 - accuracy: correct / all items (refusals, hedges and unparsed responses count as wrong); answered_accuracy: over
   answered items; refusal_rate, hedge_rate and unparsed_rate (responses the parser could not read) apart.
@@ -44,7 +45,6 @@ import numpy as np
 
 from ..probes.metrics import skill
 
-Z95 = 1.959964
 
 
 def clustered_se(values, clusters) -> float | None:
@@ -61,13 +61,32 @@ def clustered_se(values, clusters) -> float | None:
 
 
 def rate(values, clusters) -> dict:
-    """Mean of 0/1 `values` with its clustered SE and 95% interval."""
+    """Mean of 0/1 `values` with its clustered SE and 95% interval (`wilson_clustered`)."""
     if not len(values):
         return {"value": None, "se": None, "ci": None, "n": 0}
     value = float(np.mean(values))
     se = clustered_se(values, clusters)
-    ci = None if se is None else [max(0.0, value - Z95 * se), min(1.0, value + Z95 * se)]
+    groups = len(np.unique(np.asarray(clusters).astype(str)))
+    ci = None if se is None else wilson_clustered(value, se, len(values), groups)
     return {"value": value, "se": se, "ci": ci, "n": len(values)}
+
+
+def wilson_clustered(value: float, se: float, n: int, groups: int, level: float = 0.95) -> list[float]:
+    """Wilson score interval for a proportion from clustered samples: the effective sample size is n over the
+    design effect (clustered variance / binomial variance, at least 1; 1 when the rate is 0 or 1, where no variance
+    is seen), and the quantile is Student's t with groups - 1 degrees of freedom (Korn & Graubard, 1998). Unlike
+    value +- 1.96 SE, it does not collapse to a point at 0% or 100% and holds its level near the ends: on simulated
+    answers with patient effects (80 patients x 6 images, rate 0.95) it covers 95% where the Wald interval covers
+    93%, and at 0.99 with 40 patients x 3 images 96% where Wald covers 73% (`tests/test_vqa.py`)."""
+    from scipy.stats import t
+
+    binomial = value * (1 - value) / n
+    effect = max(1.0, se ** 2 / binomial) if binomial > 0 else 1.0
+    m = n / effect
+    q = float(t.ppf(0.5 + level / 2, max(groups - 1, 1)))
+    centre = (value + q * q / (2 * m)) / (1 + q * q / m)
+    half = q / (1 + q * q / m) * np.sqrt(value * (1 - value) / m + q * q / (4 * m * m))
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
 
 
 def item_stats(records) -> dict:
