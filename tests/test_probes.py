@@ -500,3 +500,19 @@ def test_permutations_must_be_zero_or_at_least_two(tmp_path):
     path = write_cache(tmp_path / "c.h5", X, y, groups=g)
     with pytest.raises(UserError, match="permutations must be 0"):
         probe([path], out=tmp_path / "o", permutations=1, figures=False)
+
+
+@pytest.mark.parametrize("classes, per", [(2, 1), (2, 6), (4, 6)])
+def test_clustered_auroc_variance_matches_the_patient_bootstrap(classes, per):
+    """The design effect's AUROC denominator (clustered DeLong) estimates what the patient bootstrap does."""
+    from medfrag_probe.probes.metrics import clustered_auroc_variance
+
+    rng = np.random.default_rng(classes * 10 + per)
+    n = 480
+    groups = np.arange(n) // per
+    y = np.repeat(rng.integers(0, classes, n // per), per)
+    logits = rng.normal(size=(n, classes)) + 0.8 * np.eye(classes)[y] + np.repeat(
+        rng.normal(size=(n // per, classes)), per, 0)
+    proba = np.round(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 2)  # with ties
+    boot = bootstrap_scores(y, proba, bootstrap_weights(groups, replicates=4000), classes)["auroc"]
+    assert clustered_auroc_variance(y, proba, groups, classes) == pytest.approx(boot.var(), rel=0.12)

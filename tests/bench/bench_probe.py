@@ -16,7 +16,8 @@ KNeighborsClassifier(20, cosine, distance-weighted) per layer, as a researcher w
 issue's): the same outer StratifiedGroupKFold(5) folds, StandardScaler + LogisticRegressionCV(Cs=8, inner
 StratifiedGroupKFold(3) by patient, max_iter=1000) and a cosine 20-NN per fold. Ours: `probe(...,
 probes="linear,knn", controls=False)` (C by inner group CV on each training fold, patient bootstrap CIs,
-predictions written). Both run in this process, after their imports.
+predictions written; `ours_plain_bootstrap_s` the same with `permutations=0`, `permutation_cost` the ratio: what the
+intervals' design effect costs). Both run in this process, after their imports.
 
     python tests/bench/bench_probe.py [--layers 13] [--n 5000]
     python tests/bench/bench_probe.py --sweep [--sizes 100,300,1000,5000,20000] [--dim 64] [--layers 4]
@@ -57,13 +58,14 @@ def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0, per_pa
     return names
 
 
-def ours(path: Path, out: Path, controls: bool) -> tuple[float, dict]:
+def ours(path: Path, out: Path, controls: bool, permutations: int = 40) -> tuple[float, dict]:
     from medfrag_probe._log import set_quiet
     from medfrag_probe.probes import probe
 
     set_quiet(True)
     start = time.perf_counter()
-    results = probe([path], probes="linear,knn", out=out, controls=controls, figures=False, replicates=1000)
+    results = probe([path], probes="linear,knn", out=out, controls=controls, figures=False, replicates=1000,
+                    permutations=permutations)
     seconds = time.perf_counter() - start
     return seconds, {(r.point, r.pooling, r.probe): r.accuracy for r in results}
 
@@ -129,10 +131,13 @@ def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
             path = root / "bench.h5"
             make_cache(path, n=n, d=dim, layers=layers, per_patient=5, seed=n)
             t_ours, acc_ours = ours(path, root / "ours", controls=False)
+            t_bootstrap, _ = ours(path, root / "ours0", controls=False, permutations=0)
             t_plain, acc_plain = plain_loop(path)
         linear = [abs(acc_ours[k] - acc_plain[k]) for k in acc_plain if k[2] == "linear"]
         row = {"n": n, "dim": dim, "points": 2 * layers, "ours_s": round(t_ours, 2), "plain_s": round(t_plain, 2),
-               "speedup": round(t_plain / t_ours, 2), "linear_accuracy_delta_max": round(max(linear), 4),
+               "speedup": round(t_plain / t_ours, 2), "ours_plain_bootstrap_s": round(t_bootstrap, 2),
+               "permutation_cost": round(t_ours / t_bootstrap, 2),
+               "linear_accuracy_delta_max": round(max(linear), 4),
                "mean_linear_accuracy_ours": round(float(np.mean([acc_ours[k] for k in acc_plain
                                                                   if k[2] == "linear"])), 4)}
         rows.append(row)

@@ -54,8 +54,9 @@ def auroc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float | None:
     return float(np.mean([weighted_auroc(proba[:, k], y == k, ones)[0] for k in present]))
 
 
-def bootstrap_scores(y: np.ndarray, proba: np.ndarray, weights: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
-    """Replicate values (R,) of accuracy, balanced accuracy, macro-F1 and AUROC under `weights`."""
+def bootstrap_scores(y: np.ndarray, proba: np.ndarray, weights: np.ndarray, n_classes: int,
+                     auroc: bool = True) -> dict[str, np.ndarray]:
+    """Replicate values (R,) of accuracy, balanced accuracy, macro-F1 and (unless `auroc=False`) AUROC."""
     pred = proba.argmax(1)
     correct = (pred == y).astype(np.float32)
     total = weights.sum(1)
@@ -69,6 +70,8 @@ def bootstrap_scores(y: np.ndarray, proba: np.ndarray, weights: np.ndarray, n_cl
         f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), np.nan)
         out = {"accuracy": (weights @ correct) / total, "balanced_accuracy": np.nanmean(recall, axis=1),
                "macro_f1": np.nanmean(np.where(support > 0, f1, np.nan), axis=1)}
+    if not auroc:
+        return out
     if n_classes == 2:
         out["auroc"] = weighted_auroc(proba[:, 1], y == 1, weights)
     else:
@@ -120,13 +123,16 @@ def interval(samples: np.ndarray, level: float = 0.95) -> list[float] | None:
     return [float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))]
 
 
-PERMUTATION_REPLICATES = 200  # bootstrap replicates per permutation refit (the design effect's denominator)
+PERMUTATION_REPLICATES = 50  # bootstrap replicates per refit: the denominator averages 40 x 50 of them
 
 
-def design_effects(labels: np.ndarray, probas: np.ndarray, weights: np.ndarray, n_classes: int) -> dict[str, float]:
+def design_effects(labels: np.ndarray, probas: np.ndarray, weights: np.ndarray, groups: np.ndarray,
+                   n_classes: int) -> dict[str, float]:
     """Per metric, the variance of the probe's score over permutation refits divided by the mean patient-bootstrap
     variance of those refits' out-of-fold predictions. `labels` (P, n) are the permuted labels of the evaluated rows,
-    `probas` (P, n, K) the refits' out-of-fold probabilities, `weights` bootstrap weights of the rows.
+    `probas` (P, n, K) the refits' out-of-fold probabilities, `weights` bootstrap weights of the rows, `groups`
+    their patients. AUROC's denominator is its clustered DeLong variance (`clustered_auroc_variance`, what its
+    bootstrap estimates, without 40 x R weighted sorts).
 
     Why: the bootstrap resamples patients' out-of-fold predictions as if they were independent, but every prediction
     comes from a model trained on the other folds' patients, so two patients that sit in each other's training sets
@@ -142,18 +148,46 @@ def design_effects(labels: np.ndarray, probas: np.ndarray, weights: np.ndarray, 
     variances: dict[str, list] = {}
     for labels_p, proba_p in zip(labels, probas):
         point = point_scores(labels_p, proba_p, n_classes)
-        boot = bootstrap_scores(labels_p, proba_p, weights, n_classes)
+        boot = bootstrap_scores(labels_p, proba_p, weights, n_classes, auroc=False)
+        boot["auroc"] = clustered_auroc_variance(labels_p, proba_p, groups, n_classes)
         for name in ("accuracy", "balanced_accuracy", "macro_f1", "auroc"):
-            if point[name] is None or not np.isfinite(point[name]):
+            if point[name] is None or not np.isfinite(point[name]) or boot[name] is None:
                 continue
             values.setdefault(name, []).append(point[name])
-            variances.setdefault(name, []).append(np.nanvar(boot[name]))
+            variances.setdefault(name, []).append(boot[name] if name == "auroc" else np.nanvar(boot[name]))
     out = {}
     for name, vals in values.items():
         boot_var = float(np.mean(variances[name]))
         if len(vals) > 1 and boot_var > 0:
             out[name] = float(np.var(vals, ddof=1) / boot_var)
     return out
+
+
+def clustered_auroc_variance(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, n_classes: int) -> float | None:
+    """Variance of the AUROC (binary, or macro one-vs-rest) with samples clustered by `groups`: DeLong's placement
+    values summed per patient (Obuchowski's clustered form), G / (G - 1) x the sum of squared patient influences."""
+    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    classes = [1] if n_classes == 2 else [k for k in range(n_classes) if (y == k).any()]
+    influence = np.zeros(n_groups)
+    for k in classes:
+        positive = y == k
+        if positive.all() or not positive.any():
+            return None
+        score = proba[:, k]
+        pos, neg = np.sort(score[positive]), np.sort(score[~positive])
+        below = np.searchsorted(neg, score[positive], "left")
+        ties = np.searchsorted(neg, score[positive], "right") - below
+        v10 = (below + 0.5 * ties) / len(neg)  # each positive: share of negatives it outranks
+        above = len(pos) - np.searchsorted(pos, score[~positive], "right")
+        ties = np.searchsorted(pos, score[~positive], "right") - np.searchsorted(pos, score[~positive], "left")
+        v01 = (above + 0.5 * ties) / len(pos)  # each negative: share of positives that outrank it
+        area = v10.mean()
+        influence += (np.bincount(inverse[positive], v10 - area, n_groups) / len(pos)
+                      + np.bincount(inverse[~positive], v01 - area, n_groups) / len(neg)) / len(classes)
+    if n_groups < 2:
+        return None
+    return float(n_groups / (n_groups - 1) * (influence ** 2).sum())
 
 
 def inflation(effect: float, permutations: int, level: float = 0.95) -> float:

@@ -330,7 +330,8 @@ def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, r
     boot = bootstrap_scores(y, p, weights, K)
     effects = {}
     if permuted is not None:
-        effects = design_effects(permuted[0][:, rows], permuted[1][:, rows], weights[:PERMUTATION_REPLICATES], K)
+        effects = design_effects(permuted[0][:, rows], permuted[1][:, rows], weights[:PERMUTATION_REPLICATES],
+                                 task.groups[rows], K)
     widen = {name: inflation(effect, len(permuted[0])) for name, effect in effects.items()}
     ci = {name: stretched(interval(boot[name]), scores[name], widen.get(name, 1.0))
           for name in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")}
