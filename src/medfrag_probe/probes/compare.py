@@ -20,8 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, bad_choice
-from .metrics import (REPLICATES, SEED, bootstrap_scores, bootstrap_weights, interval, point_scores, record_inflation,
-                      stretch_replicates)
+from .metrics import (
+    REPLICATES,
+    SEED,
+    bootstrap_scores,
+    bootstrap_weights,
+    interval,
+    point_scores,
+    record_inflation,
+    stretch_replicates,
+)
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 

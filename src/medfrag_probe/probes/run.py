@@ -28,8 +28,17 @@ from ..cache import EmbeddingCache
 from ..errors import UserError, bad_choice
 from ..models.loading import resolve_device
 from .estimators import PROBES, inner_folds
-from .metrics import (PERMUTATION_REPLICATES, bootstrap_scores, bootstrap_weights, design_effects, inflation,
-                      interval,                      point_scores, skill, stretched)
+from .metrics import (
+    PERMUTATION_REPLICATES,
+    bootstrap_scores,
+    bootstrap_weights,
+    design_effects,
+    inflation,
+    interval,
+    point_scores,
+    skill,
+    stretched,
+)
 from .splits import SplitPlan, plan_splits
 
 PERMUTATIONS = 40  # permutation refits per result behind the intervals' design effect (0: plain bootstrap)
@@ -259,7 +268,6 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
     return results
 
 
-
 def _permuted_labels(task, finite, permutations: int, seed: int) -> np.ndarray | None:
     """(P, n) labels permuted across patients over the finite rows (others keep theirs), or None."""
     if not permutations:
@@ -348,15 +356,16 @@ def _summarise(task, point, pooling, label, proba, shuffled, finite, hyper, *, r
         balanced_accuracy=scores["balanced_accuracy"], balanced_accuracy_ci=ci["balanced_accuracy"],
         macro_f1=scores["macro_f1"], macro_f1_ci=ci["macro_f1"], auroc=scores["auroc"], auroc_ci=ci["auroc"],
         skill=float(skill(scores["balanced_accuracy"], chance)),
-        skill_ci=None if ci["balanced_accuracy"] is None else [float(v) for v in
-                                                                skill(np.array(ci["balanced_accuracy"]), chance)],
+        skill_ci=None if ci["balanced_accuracy"] is None else [float(skill(v, chance))
+                                                                for v in ci["balanced_accuracy"]],
         shuffled_accuracy=shuffled_scores["accuracy"] if shuffled_scores else None,
         shuffled_balanced_accuracy=shuffled_scores["balanced_accuracy"] if shuffled_scores else None,
         selectivity=(scores["balanced_accuracy"] - shuffled_scores["balanced_accuracy"]) if shuffled_scores else None,
         per_class_recall=scores["per_class_recall"], confusion=scores["confusion"], folds=len(task.plan.folds),
         hyper=hyper, ci_method="patient-bootstrap x permutation design effect" if effects else "patient-bootstrap",
         design_effect={name: round(value, 4) for name, value in effects.items()},
-        permutations=len(permuted[0]) if permuted is not None else 0, note=task.plan.note, reads_point=str(cache.attrs.get("reads_point", "")),
+        permutations=len(permuted[0]) if permuted is not None else 0, note=task.plan.note,
+        reads_point=str(cache.attrs.get("reads_point", "")),
         model_fingerprint=str(cache.attrs.get("model_fingerprint", "")),
         vision_fingerprint=str(cache.attrs.get("vision_fingerprint", "")),
         data_fingerprint=str(cache.attrs.get("data_fingerprint", "")), predictions=predictions,

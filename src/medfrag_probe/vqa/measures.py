@@ -46,7 +46,6 @@ import numpy as np
 from ..probes.metrics import skill
 
 
-
 def clustered_se(values, clusters) -> float | None:
     """Standard error of the mean of `values`, clustered by `clusters` (CR1 small-sample correction)."""
     values = np.asarray(values, dtype=float)
