@@ -107,7 +107,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         scales = torch.from_numpy(self._penalty_scales(X, masks)).to(dev)
         path, scores = [], []
         work = Xt.shape[0] * Xt.shape[1] * len(masks) * max(len(self.classes_) - 1, 1)
-        solve = logistic_path_cpu if dev.type == "cpu" and work < SCIPY_WORK else logistic_path
+        solve = _solver(dev, work)
         with cpu_threads(dev, work):
             for W, b in solve(Xt, yt.long(), torch.from_numpy(masks).to(dev), Cs, n_classes=len(self.classes_),
                               max_iter=self.max_iter, tol=self.tol, penalty_scales=scales):
@@ -137,16 +137,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Xt = torch.from_numpy((X - self.mean_) / self.scale_).to(dev)
         masks = torch.ones(len(codes), len(X), device=dev)
         work = Xt.shape[0] * Xt.shape[1] * len(codes) * max(n_classes - 1, 1)
-        solve = logistic_path_cpu if dev.type == "cpu" and work < SCIPY_WORK else logistic_path
         with cpu_threads(dev, work):
-            W, b = next(iter(solve(Xt, torch.from_numpy(np.asarray(codes)).long().to(dev), masks, [self.C_],
-                                   n_classes=n_classes, max_iter=self.max_iter, tol=self.tol)))
+            W, b = next(iter(_solver(dev, work)(Xt, torch.from_numpy(np.asarray(codes)).long().to(dev), masks,
+                                                [self.C_], n_classes=n_classes, max_iter=self.max_iter,
+                                                tol=self.tol)))
         Z = torch.from_numpy((np.asarray(X_test, dtype=np.float32) - self.mean_) / self.scale_).to(dev)
-        logits = torch.einsum("nd,pdk->pnk", Z, W) + b[:, None, :]
-        if n_classes == 2:
-            p = torch.sigmoid(logits[..., 0])
-            return torch.stack([1 - p, p], -1).cpu().numpy()
-        return torch.softmax(logits, -1).cpu().numpy()
+        return _probabilities((torch.einsum("nd,pdk->pnk", Z, W) + b[:, None, :]).cpu().numpy())
 
     def _penalty_scales(self, X, masks) -> np.ndarray:
         """(P, D) squared ratio of each problem's own feature scale to the shared one (1 for the refit): each inner
@@ -206,17 +202,26 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (n, K)."""
         logits = self.decision_function(X)
-        if logits.ndim == 1:
-            p = 0.5 * (1 + np.tanh(0.5 * logits))  # the sigmoid, without overflow at large logits
-            return np.stack([1 - p, p], axis=1)
-        logits = logits - logits.max(1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(1, keepdims=True)
+        return _probabilities(logits[:, None] if logits.ndim == 1 else logits)
 
     def predict(self, X) -> np.ndarray:
         """Most probable class."""
         check_is_fitted(self, "coef_")
         return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def _solver(device: torch.device, work: float):
+    """SciPy's L-BFGS-B for small CPU problems, the batched torch path otherwise (see `SCIPY_WORK`)."""
+    return logistic_path_cpu if device.type == "cpu" and work < SCIPY_WORK else logistic_path
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits (..., K'): a sigmoid over one binary column, else a softmax."""
+    if logits.shape[-1] == 1:
+        p = 0.5 * (1 + np.tanh(0.5 * logits[..., 0]))  # the sigmoid, without overflow at large logits
+        return np.stack([1 - p, p], axis=-1)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def _past_peak(scores: list[float], patience: int | None) -> bool:
@@ -283,25 +288,19 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
 
     def predict_proba_sweep(self, X, ks: Sequence[int]) -> dict[int, np.ndarray]:
         """Vote shares for several k from one neighbour search (the k sweep)."""
-        check_is_fitted(self, "train_")
-        X = validate_data(self, X, dtype=np.float32, reset=False)
-        ks = sorted({int(min(k, len(self.codes_))) for k in ks})
-        out = {k: [] for k in ks}
-        chunk = self.chunk_size or max(1, min(8192, (self.memory_mb << 20) // (4 * len(self.codes_))))
-        with cpu_threads(self.train_.device, len(X) * self.train_.numel()):
-            for start in range(0, len(X), chunk):
-                query = self._prepare(torch.from_numpy(X[start:start + chunk]).to(self.train_.device))
-                sims, idx = self._neighbours(query, ks[-1])
-                for k in ks:
-                    out[k].append(self._votes(sims[:, :k], idx[:, :k]))
-        return {k: np.concatenate(v) for k, v in out.items()}
+        votes = self._vote_sweep(X, self.codes_[None], ks, len(self.classes_))
+        return {k: v[0] for k, v in votes.items()}
 
     def relabelled_proba(self, X, codes: np.ndarray, ks: Sequence[int], n_classes: int) -> dict[int, np.ndarray]:
         """Vote shares {k: (P, n, n_classes)} of the queries `X` with the training rows relabelled by each row of
         `codes` (P, n_train; codes 0..n_classes-1): one neighbour search serves every label vector and every k."""
+        return self._vote_sweep(X, torch.from_numpy(np.asarray(codes)).long().to(self.train_.device), ks, n_classes)
+
+    def _vote_sweep(self, X, codes: torch.Tensor, ks: Sequence[int], n_classes: int) -> dict[int, np.ndarray]:
+        """Vote shares {k: (P, n, n_classes)} under each label vector of `codes` (P, n_train), for every k, from
+        one chunked neighbour search."""
         check_is_fitted(self, "train_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        codes = torch.from_numpy(np.asarray(codes)).long().to(self.train_.device)
         ks = sorted({int(min(k, len(self.codes_))) for k in ks})
         out = {k: [] for k in ks}
         per_query = 4 * len(self.codes_) + 16 * len(codes) * ks[-1]  # similarities, then gathered codes and weights
@@ -328,12 +327,6 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         dist = torch.cdist(query, self.train_)
         neg, idx = torch.topk(-dist, k, dim=1)
         return neg, idx
-
-    def _votes(self, sims: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
-        weight = self._weights(sims)
-        votes = torch.zeros(len(sims), len(self.classes_), dtype=weight.dtype, device=weight.device)
-        votes.scatter_add_(1, self.codes_[idx], weight)
-        return votes.cpu().numpy()
 
     def predict(self, X) -> np.ndarray:
         """Class with the largest vote share (ties to the first class)."""

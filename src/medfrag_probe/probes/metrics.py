@@ -148,13 +148,14 @@ def design_effects(labels: np.ndarray, probas: np.ndarray, weights: np.ndarray, 
     variances: dict[str, list] = {}
     for labels_p, proba_p in zip(labels, probas):
         point = point_scores(labels_p, proba_p, n_classes)
-        boot = bootstrap_scores(labels_p, proba_p, weights, n_classes, auroc=False)
-        boot["auroc"] = clustered_auroc_variance(labels_p, proba_p, groups, n_classes)
-        for name in ("accuracy", "balanced_accuracy", "macro_f1", "auroc"):
-            if point[name] is None or not np.isfinite(point[name]) or boot[name] is None:
+        variance = {name: np.nanvar(v) for name, v in
+                    bootstrap_scores(labels_p, proba_p, weights, n_classes, auroc=False).items()}
+        variance["auroc"] = clustered_auroc_variance(labels_p, proba_p, groups, n_classes)
+        for name, var in variance.items():
+            if point[name] is None or not np.isfinite(point[name]) or var is None:
                 continue
             values.setdefault(name, []).append(point[name])
-            variances.setdefault(name, []).append(boot[name] if name == "auroc" else np.nanvar(boot[name]))
+            variances.setdefault(name, []).append(var)
     out = {}
     for name, vals in values.items():
         boot_var = float(np.mean(variances[name]))
