@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medfrag_probe.extract import capture
+from medfrag_probe.extraction import capture
 from medfrag_probe.models.loading import load_adapter, load_registry
 from medfrag_probe.models.registry import ARCHITECTURES
 from medfrag_probe.models.tiny import TINY

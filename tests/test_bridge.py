@@ -9,11 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from medfrag_probe.bridge import VERDICTS, bridge
+from medfrag_probe.answering.importer import import_answers
+from medfrag_probe.attribution import VERDICTS, bridge
+from medfrag_probe.cache import write_embeddings
 from medfrag_probe.data.sources import open_source
 from medfrag_probe.errors import UserError
 from medfrag_probe.probes import probe
-from medfrag_probe.vqa.importer import import_answers
 
 TASK = "synth-brain-mri"
 BRIDGE_KEYS = {"model", "data", "point", "probe_skill", "vqa_skill", "gap", "gap_ci", "vision_deficit",
@@ -22,17 +23,13 @@ BRIDGE_KEYS = {"model", "data", "point", "probe_skill", "vqa_skill", "gap", "gap
 
 def write_cache(path, source, points: dict[str, np.ndarray], *, model: str, vision: str = "tower-a"):
     """A cache with the minimal schema plus the identity attributes extract writes."""
-    string = h5py.string_dtype()
-    with h5py.File(path, "w") as fh:
-        fh.attrs.update(model=model, data=source.spec, data_fingerprint=source.fingerprint(),
-                        model_fingerprint=f"fp-{model}", vision_fingerprint=vision, reads_point="vision.block.01")
-        fh.create_dataset("classes", data=np.array(source.classes, dtype=object), dtype=string)
-        fh.create_dataset("samples/id", data=np.array([s.id for s in source.samples], dtype=object), dtype=string)
-        fh.create_dataset("samples/label", data=np.array([s.label for s in source.samples]))
-        fh.create_dataset("samples/group", data=np.array([s.group for s in source.samples], dtype=object),
-                          dtype=string)
-        for name, X in points.items():
-            fh.create_dataset(f"emb/{name if '/' in name else name + '/mean'}", data=X.astype(np.float32))
+    samples = source.samples
+    write_embeddings(path, ids=[s.id for s in samples], labels=[s.label for s in samples], classes=source.classes,
+                     groups=[s.group for s in samples],
+                     embeddings={name: X.astype(np.float32) for name, X in points.items()},
+                     attrs=dict(model=model, data=source.spec, data_fingerprint=source.fingerprint(),
+                                model_fingerprint=f"fp-{model}", vision_fingerprint=vision,
+                                reads_point="vision.block.01"))
 
 
 def embeddings(source, separation: float, rng, dim: int = 16) -> np.ndarray:
@@ -112,7 +109,7 @@ def test_verdicts_on_constructed_cases_hold_across_seeds(tmp_path, seed, separat
     ([-0.10, 0.20], [-0.15, 0.15], [0.02, 0.30], "vision-limited", []),  # loss not shown: vision is what failed
 ])
 def test_verdict_rule_on_hand_made_intervals(probe_ci, vqa_ci, gap_ci, verdict, undecided):
-    from medfrag_probe.bridge.core import decide
+    from medfrag_probe.attribution.core import decide
 
     mid = [sum(c) / 2 for c in (probe_ci, vqa_ci, gap_ci)]
     scores = {"probe": mid[0], "probe_ci": probe_ci, "vqa": mid[1], "vqa_ci": vqa_ci, "gap": mid[2], "gap_ci": gap_ci}

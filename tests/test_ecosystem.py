@@ -13,8 +13,8 @@ from medfrag_probe.errors import UserError
 
 
 def test_catalog_lists_what_ships_and_each_loads():
+    from medfrag_probe.answering.tasks import load_task
     from medfrag_probe.experiment.config import load_config
-    from medfrag_probe.vqa.tasks import load_task
 
     tasks, experiments, models = medfrag_probe.list_tasks(), medfrag_probe.list_experiments(), \
         medfrag_probe.list_models()
@@ -44,7 +44,7 @@ def test_the_wheel_ships_every_config_exactly_once(tmp_path):
 
 def test_default_cache_is_per_user_not_the_working_folder(monkeypatch, tmp_path):
     from medfrag_probe._fs import cache_root
-    from medfrag_probe.extract import default_out
+    from medfrag_probe.extraction import default_out
 
     monkeypatch.delenv("MEDFRAG_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

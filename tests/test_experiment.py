@@ -78,7 +78,7 @@ def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch):
     run(config, out=tmp_path / "clean")
     clean = _outputs(tmp_path / "clean")
 
-    import medfrag_probe.vqa.run as vqa_run
+    import medfrag_probe.answering.run as vqa_run
 
     real = vqa_run._generate_all
     calls = {"n": 0}
@@ -175,7 +175,7 @@ def test_shipped_experiment_configs_are_valid():
 def test_the_ci_demo_runs_every_stage_end_to_end(tmp_path, capsys):
     """The shortened demo config (CI): 4 tiny models x 4 synthetic tasks, extract -> probe -> vqa -> bridge ->
     report, through the CLI as README runs the full one."""
-    from medfrag_probe.bridge import VERDICTS
+    from medfrag_probe.attribution import VERDICTS
     from medfrag_probe.cli import main
 
     out = tmp_path / "demo"

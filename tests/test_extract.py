@@ -16,7 +16,7 @@ from PIL import Image
 
 from medfrag_probe.cache import EmbeddingCache, parts_dir, verify
 from medfrag_probe.errors import UserError
-from medfrag_probe.extract import extract
+from medfrag_probe.extraction import extract
 
 DATA = "synth:brain-mri?n=24&size=48"
 
@@ -60,7 +60,7 @@ def test_mismatched_cache_is_refused_and_overwrite_replaces(tmp_path):
     extract("tiny:clip", DATA, points="vision.post", out=out, workers=0)
     with pytest.raises(UserError, match="model_fingerprint") as err:
         extract("tiny:siglip", DATA, points="vision.post", out=out, workers=0)
-    assert "--overwrite" in str(err.value)
+    assert "`overwrite=True`" in str(err.value) and "--overwrite" in err.value.for_cli()
     with pytest.raises(UserError, match="data_fingerprint"):
         extract("tiny:clip", "synth:brain-mri?n=24&size=48&seed=9", points="vision.post", out=out, workers=0)
     result = extract("tiny:siglip", DATA, points="vision.post", out=out, workers=0, overwrite=True)
@@ -68,7 +68,7 @@ def test_mismatched_cache_is_refused_and_overwrite_replaces(tmp_path):
 
 
 def test_resume_from_parts_left_by_an_interrupted_run(tmp_path, monkeypatch):
-    import medfrag_probe.extract as ex
+    import medfrag_probe.extraction as ex
 
     out = tmp_path / "c.h5"
     reference = extract("tiny:clip", DATA, out=tmp_path / "ref.h5", batch_size=4, workers=0)
@@ -94,7 +94,7 @@ def test_resume_from_parts_left_by_an_interrupted_run(tmp_path, monkeypatch):
 
 SCRIPT = """
 import sys
-from medfrag_probe.extract import extract
+from medfrag_probe.extraction import extract
 extract("tiny:clip", "synth:histology?n=480&size=64", out=sys.argv[1], batch_size=4, workers=0,
         store_dtype="float32")
 """
@@ -200,7 +200,7 @@ def test_bad_inputs_recorded_per_sample_and_valid_ones_extracted(tmp_path):
 
 
 def test_lm_points_need_a_prompt_and_store_image_and_last(tmp_path):
-    with pytest.raises(UserError, match="--prompt"):
+    with pytest.raises(UserError, match="`prompt='Is there a tumour\\?'`"):
         extract("tiny:qwen2-vl", DATA, points="lm.block.*", out=tmp_path / "x.h5")
     result = extract("tiny:qwen2-vl", DATA, points="vision.block.02,projector,lm.block.*", out=tmp_path / "q.h5",
                      prompt="Is there a tumor?", batch_size=6, workers=0, store_dtype="float32")
@@ -213,7 +213,7 @@ def test_lm_points_need_a_prompt_and_store_image_and_last(tmp_path):
     (dict(points="vision.block.99"), "no hook point 'vision.block.99'"),
     (dict(points="nothing*"), "no hook point of"),
     (dict(poolings="median"), "unknown pooling 'median'"),
-    (dict(batch_size=0), "--batch-size must be >= 1"),
+    (dict(batch_size=0), "`batch_size` must be >= 1"),
     (dict(store_dtype="int8"), "unknown store dtype"),
     (dict(dtype="float8"), "unknown dtype"),
     (dict(device="cuda:7"), "no CUDA device"),

@@ -184,7 +184,7 @@ def test_two_extract_processes_at_once_leave_one_complete_cache(tmp_path):
 def test_vqa_and_study_folders_take_the_same_lock(tmp_path):
     from medfrag_probe import run
     from medfrag_probe._fs import output_lock
-    from medfrag_probe.vqa import vqa
+    from medfrag_probe.answering import vqa
 
     holder = _holder(tmp_path / "v", "folder")
     try:
@@ -301,6 +301,7 @@ def test_a_folder_given_as_the_cache_file_is_one_line(tmp_path, capsys):
               "--overwrite"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "is a folder; give the cache file to write" in err and err.count("\n") == 1
+    assert err.startswith("error: --out ")  # the command line names its own flag
 
 
 # ---- report.md ---------------------------------------------------------------------------------------------------

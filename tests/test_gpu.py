@@ -35,7 +35,7 @@ def test_knn_probe_cuda_equals_cpu():
 
 def test_bf16_extraction_on_cuda(tmp_path):
     from medfrag_probe.cache import EmbeddingCache
-    from medfrag_probe.extract import extract
+    from medfrag_probe.extraction import extract
 
     data = "synth:brain-mri?n=16&size=48"
     ref = extract("tiny:clip", data, out=tmp_path / "cpu.h5", points="vision.post", poolings="mean", workers=0)

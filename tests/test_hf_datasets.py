@@ -153,7 +153,7 @@ class _Reader:
 
 
 def test_vqa_asks_each_sample_its_own_question(questions, tmp_path):
-    from medfrag_probe.vqa import vqa
+    from medfrag_probe.answering import vqa
 
     reader = _Reader()
     data = f"hf-dataset:{questions}?question=question&answer=answer"

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from medfrag_probe.answering.importer import import_answers
+from medfrag_probe.answering.tasks import load_task
 from medfrag_probe.cli import main
 from medfrag_probe.data.sources import open_source
 from medfrag_probe.errors import UserError
-from medfrag_probe.vqa.importer import import_answers
-from medfrag_probe.vqa.tasks import load_task
 
 DATA = "synth:brain-mri?n=24"
 TASK = "synth-brain-mri"
@@ -58,7 +58,7 @@ def test_lmms_eval_by_position(tmp_path, source):
             for k in range(len(source))]
     path = tmp_path / "s.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(UserError, match="no column holds the data's sample ids.*--by-position"):
+    with pytest.raises(UserError, match="no column holds the data's sample ids.*`by_position=True`"):
         import_answers(path, DATA, TASK, out=tmp_path / "o")
     summary = import_answers(path, DATA, TASK, out=tmp_path / "o", by_position=True, id_field="doc_id")
     assert summary["conditions"]["image"]["n_items"] == len(source)
@@ -113,7 +113,8 @@ def test_plain_rows_through_the_cli(tmp_path, source, capsys):
     ("sample_id,prompt_id,response\nnope,open-diagnosis,glioma\n", "a.csv", "'nope' is not a sample"),
     ("sample_id,prompt_id,answer\n{id},open-diagnosis,glioma\n", "a.csv", "no response field"),
     ("sample_id,prompt_id,response\n{id},zzz,glioma\n", "a.csv", "unknown prompt id"),
-    ("sample_id,question,response\n{id},How old is the patient?,42\n", "a.csv", "matches no prompt.*--kind"),
+    ("sample_id,question,response\n{id},How old is the patient?,42\n", "a.csv",
+     r"matches no prompt.*`kind=yes_no\|open`"),
     ("{{not json\n", "a.jsonl", "is not valid JSON"),
     ("x", "a.xlsx", "is not a readable .xlsx workbook"),
     ("x", "a.xls", "the old binary .xls format is not read"),
@@ -141,9 +142,9 @@ def test_vlmevalkit_round_trip_through_an_xlsx_prediction_file(tmp_path):
     import csv
 
     openpyxl = pytest.importorskip("openpyxl")
-    from medfrag_probe.vqa.export import export_task
-    from medfrag_probe.vqa.run import map_classes
-    from medfrag_probe.vqa.tasks import load_task
+    from medfrag_probe.answering.export import export_task
+    from medfrag_probe.answering.run import map_classes
+    from medfrag_probe.answering.tasks import load_task
 
     data = "synth:brain-mri?n=24"
     paths = export_task(data, "synth-brain-mri", tmp_path / "exp", prompts="yes_no,multiple_choice")
@@ -188,9 +189,9 @@ def test_lmms_eval_round_trip_through_logged_samples(tmp_path):
 
     import yaml
 
-    from medfrag_probe.vqa.export import export_task
-    from medfrag_probe.vqa.run import map_classes
-    from medfrag_probe.vqa.tasks import load_task
+    from medfrag_probe.answering.export import export_task
+    from medfrag_probe.answering.run import map_classes
+    from medfrag_probe.answering.tasks import load_task
 
     data = "synth:chest-xray?n=20"
     paths = export_task(data, "synth-chest-xray", tmp_path / "exp", prompts="yes_no")

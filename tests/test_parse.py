@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medfrag_probe.vqa.parse import parse_class, parse_option, parse_yes_no
+from medfrag_probe.answering.parse import parse_class, parse_option, parse_yes_no
 
 YES_NO = [
     ("Yes", "yes", "answer"),

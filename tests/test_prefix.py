@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from medfrag_probe.answering import vqa
 from medfrag_probe.data.sources import open_source
-from medfrag_probe.vqa import vqa
 
 SHARING = ["llava", "llava-next", "gemma3"]  # chat templates that put the image first, causal attention
 PROMPTS = ["Is there a tumor in this MRI?", "Which?\nA. glioma\nB. meningioma\nAnswer with a letter.",

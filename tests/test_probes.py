@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -14,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from medfrag_probe.cache import write_embeddings
 from medfrag_probe.errors import UserError
 from medfrag_probe.probes import KNNProbe, LinearProbe, probe
 from medfrag_probe.probes.metrics import bootstrap_scores, bootstrap_weights, inflation
@@ -22,22 +22,11 @@ from medfrag_probe.probes.similarity import linear_cka
 
 def write_cache(path, X, labels, *, groups=None, splits=None, point="layer", pooling="mean", classes=None):
     """A cache in the minimal schema, plus groups/splits when given."""
-    n = len(labels)
-    with h5py.File(path, "w") as fh:
-        fh["samples/id"] = np.array([f"s{i:05d}" for i in range(n)], dtype=object)
-        fh["samples/label"] = np.asarray(labels)
-        if groups is not None:
-            fh["samples/group"] = np.asarray(groups).astype(str).astype(object)
-        if splits is not None:
-            fh["samples/split"] = np.asarray(splits).astype(object)
-        k = int(np.max(labels)) + 1
-        fh["classes"] = np.array(classes or [f"c{i}" for i in range(k)], dtype=object)
-        if isinstance(X, dict):
-            for name, value in X.items():
-                fh[f"emb/{name}/{pooling}"] = value
-        else:
-            fh[f"emb/{point}/{pooling}"] = X
-    return path
+    k = int(np.max(labels)) + 1
+    embeddings = {f"{name}/{pooling}": v for name, v in X.items()} if isinstance(X, dict) else {f"{point}/{pooling}": X}
+    return write_embeddings(path, ids=[f"s{i:05d}" for i in range(len(labels))], labels=labels,
+                            classes=classes or [f"c{i}" for i in range(k)], embeddings=embeddings, groups=groups,
+                            splits=splits)
 
 
 def gaussian(n, d, separation, seed=0):
@@ -321,7 +310,7 @@ def test_cka_properties():
 
 def test_probe_cli_on_an_extracted_cache_with_curves_and_cka(tmp_path, capsys):
     from medfrag_probe.cli import main
-    from medfrag_probe.extract import extract
+    from medfrag_probe.extraction import extract
 
     data = "synth:brain-mri?n=64&size=48&difficulty=0"
     a = extract("tiny:clip", data, points="vision.block.01,vision.post", poolings="mean", out=tmp_path / "a.h5",
@@ -498,7 +487,7 @@ def test_knn_intervals_widen_to_the_spread_of_the_score_across_datasets(tmp_path
 def test_permutations_must_be_zero_or_at_least_two(tmp_path):
     X, y, g = _clustered_null(0, patients=20)
     path = write_cache(tmp_path / "c.h5", X, y, groups=g)
-    with pytest.raises(UserError, match="permutations must be 0"):
+    with pytest.raises(UserError, match="`permutations` must be 0"):
         probe([path], out=tmp_path / "o", permutations=1, figures=False)
 
 

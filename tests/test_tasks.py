@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from medfrag_probe.answering.parse import parse_class, parse_option, parse_yes_no
+from medfrag_probe.answering.tasks import load_task, tasks_dir
 from medfrag_probe.data.sources import open_source
 from medfrag_probe.errors import UserError
-from medfrag_probe.vqa.parse import parse_class, parse_option, parse_yes_no
-from medfrag_probe.vqa.tasks import load_task, tasks_dir
 
 SHIPPED = sorted(p.stem for p in tasks_dir().glob("*.yaml"))
 

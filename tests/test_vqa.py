@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from medfrag_probe.answering import vqa
+from medfrag_probe.answering.tasks import load_task
 from medfrag_probe.data.sources import open_source
 from medfrag_probe.errors import UserError
-from medfrag_probe.vqa import vqa
-from medfrag_probe.vqa.tasks import load_task
 
 TINY_VLMS = ["llava", "llava-mistral", "llava-med", "gemma3", "paligemma", "qwen2-vl", "llava-next"]
 DESIGN_KEYS = {"sample_id", "prompt_id", "condition", "response", "parsed", "correct", "refused"}
@@ -265,7 +265,7 @@ def test_description_pipeline_with_a_text_llm(brain, tmp_path):
 def test_every_tiny_vlm_projects_the_image_into_its_language_model(arch, tmp_path):
     """The projector output varies with the image (a zero-initialised projection would hide the image from the LM)."""
     from medfrag_probe.cache import EmbeddingCache
-    from medfrag_probe.extract import extract
+    from medfrag_probe.extraction import extract
 
     result = extract(f"tiny:{arch}", "synth:brain-mri?n=4", points="projector", poolings="mean",
                      out=tmp_path / "c.h5")
@@ -411,7 +411,7 @@ def test_psf_yes_no_set_read_from_a_perfectly_right_responder_in_plain_words(tmp
 
 
 def test_abstentions_are_credited_at_chance_and_unparsed_answers_at_zero():
-    from medfrag_probe.vqa.measures import ABSTAINED, UNPARSED, class_scores
+    from medfrag_probe.answering.measures import ABSTAINED, UNPARSED, class_scores
 
     classes = ["a", "b", "c", "d"]
     labels = ["a", "b", "c", "d"] * 5
@@ -424,7 +424,7 @@ def test_abstentions_are_credited_at_chance_and_unparsed_answers_at_zero():
 def test_standard_errors_cluster_by_patient_not_by_image():
     from types import SimpleNamespace
 
-    from medfrag_probe.vqa.measures import item_stats
+    from medfrag_probe.answering.measures import item_stats
 
     # 10 patients x 4 images; a patient's images are all right or all wrong: 10 independent units, not 40
     records = [SimpleNamespace(sample_id=f"p{p}-{i}", group=f"p{p}", expected="yes", correct=p % 2 == 0,
@@ -439,7 +439,7 @@ def test_clustered_rate_intervals_hold_their_level_near_the_ends():
     population rate ~95% of the time in the middle and near 100%, where value +- 1.96 SE covers far less."""
     from scipy.special import expit, logit
 
-    from medfrag_probe.vqa.measures import rate
+    from medfrag_probe.answering.measures import rate
 
     rng = np.random.default_rng(0)
     for p, sd, patients, per in [(0.5, 1.0, 80, 6), (0.97, 1.0, 80, 6), (0.99, 0.5, 40, 3)]:

@@ -21,17 +21,23 @@ __all__ = ["EmbeddingCache", "UserError", "extract", "load_adapter", "open_sourc
            "export_task", "bridge", "run", "report", "load_config", "results_frame", "list_models", "list_tasks",
            "list_experiments", "__version__"]
 
-# name -> module holding it, imported on first use so that `--help` and `--version` stay fast; `extract`, `vqa` and
-# `bridge` are modules callable as their main function (medfrag_probe/_callable.py)
+# name -> module holding it, imported on first use so that `--help` and `--version` stay fast. Commands are plain
+# functions: `inspect.signature(medfrag_probe.extract)` shows their parameters.
 _LAZY = {"EmbeddingCache": "cache", "load_adapter": "models.loading", "open_source": "data.sources",
-         "UserError": "errors", "probe": "probes.run", "import_answers": "vqa.importer", "run": "experiment.runner",
+         "UserError": "errors", "extract": "extraction", "probe": "probes.run", "vqa": "answering.run",
+         "import_answers": "answering.importer", "bridge": "attribution.core", "run": "experiment.runner",
          "report": "experiment.report", "load_config": "experiment.config", "results_frame": "frames",
-         "export_task": "vqa.export", "list_models": "catalog", "list_tasks": "catalog", "list_experiments": "catalog"}
+         "export_task": "answering.export", "list_models": "catalog", "list_tasks": "catalog",
+         "list_experiments": "catalog"}
 
 
 def __getattr__(name: str):
-    if name in ("extract", "vqa", "bridge"):
-        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module 'medfrag_probe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -63,6 +63,30 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) ->
     return path
 
 
+def write_stamp(path: str | Path, identity: dict) -> None:
+    """Record what a piece of finished (or started) work was made from: its identity as sorted JSON, atomically.
+    The three resumable kinds of work share this: cache part files (`CACHE.parts/meta.json`), VQA parts
+    (`OUT/.parts/identity.json`) and study stages (`OUT/.stamps/STAGE.json`)."""
+    atomic_write(path, json.dumps(identity, sort_keys=True, default=str))
+
+
+def read_stamp(path: str | Path) -> dict | None:
+    """The identity recorded at `path`, or None when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is damaged (not JSON); delete it to redo the work it describes") from None
+
+
+def stamp_differences(recorded: dict, identity: dict) -> list[str]:
+    """Keys whose values differ between a recorded identity and `identity` (compared as JSON stores them)."""
+    plain = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    return sorted(k for k in set(recorded) | set(plain) if recorded.get(k) != plain.get(k))
+
+
 def remove_stale_tmp(folder: str | Path, stem: str = "") -> int:
     """Remove `.STEM*.tmp` files left in `folder` by killed runs; return how many. Call it holding the output's lock
     (then no other writer can be in flight)."""

@@ -32,8 +32,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ._fs import atomic_write, tmp_name
-from .errors import UserError
+from ._fs import read_stamp, tmp_name, write_stamp
+from .errors import UserError, option
 
 SCHEMA = "medfrag-probe/cache"
 SCHEMA_VERSION = 1
@@ -203,9 +203,9 @@ def check_existing(out: Path, meta: CacheMeta, *, overwrite: bool) -> np.ndarray
         old = EmbeddingCache(out)
         _same_identity(dict(old.attrs), meta, where=str(out))
         done = old.done
-    stamp = parts / "meta.json"
-    if stamp.is_file():
-        _same_identity(json.loads(stamp.read_text()), meta, where=str(parts))
+    recorded = read_stamp(parts / "meta.json")
+    if recorded is not None:
+        _same_identity(recorded, meta, where=str(parts))
     return done
 
 
@@ -215,7 +215,7 @@ def _same_identity(attrs: dict, meta: CacheMeta, *, where: str) -> None:
         have = attrs.get(key)
         if have != value:
             raise UserError(f"{where} was made with {key}={have!r}, this run has {key}={value!r}; "
-                            "use another --out, or --overwrite to replace it")
+                            f"use another {option('out')}, or {option('overwrite', True)} to replace it")
 
 
 def start_parts(out: Path, meta: CacheMeta) -> Path:
@@ -224,7 +224,7 @@ def start_parts(out: Path, meta: CacheMeta) -> Path:
     parts.mkdir(parents=True, exist_ok=True)
     stamp = parts / "meta.json"
     if not stamp.exists():
-        atomic_write(stamp, json.dumps(meta.identity(), sort_keys=True))
+        write_stamp(stamp, meta.identity())
     return parts
 
 
@@ -390,3 +390,32 @@ def _copy_previous(fh, previous: Path, done: np.ndarray, errors: list[str]) -> N
     for i, reason in enumerate(old_errors):
         if reason and not old_done[i]:
             errors[i] = reason
+
+
+def write_embeddings(path: str | Path, *, ids, labels, classes, embeddings: dict[str, np.ndarray], groups=None,
+                     splits=None, attrs: dict | None = None) -> Path:
+    """Write a complete cache in the minimal schema from arrays already in memory (embeddings of another pipeline,
+    description texts, tests): `embeddings` maps "POINT/POOLING" (or "POINT", pooling `mean`) to an (N, D) array.
+    Written to a temporary name and renamed, so a reader never sees half of it; `EmbeddingCache` reads it back."""
+    path = Path(path)
+    n = len(ids)
+    tmp = tmp_name(path)
+    try:
+        with h5py.File(tmp, "w") as fh:
+            fh.attrs.update({k: v for k, v in (attrs or {}).items() if v is not None})
+            fh.create_dataset("classes", data=np.array(list(classes), dtype=object), dtype=STR)
+            fh.create_dataset("samples/id", data=np.array(list(ids), dtype=object), dtype=STR)
+            fh.create_dataset("samples/label", data=np.asarray(labels, dtype=np.int64))
+            for name, values in (("group", groups), ("split", splits)):
+                if values is not None:
+                    fh.create_dataset(f"samples/{name}", data=np.asarray(values).astype(str).astype(object),
+                                      dtype=STR)
+            for name, X in embeddings.items():
+                if len(X) != n:
+                    raise ValueError(f"embeddings {name!r} have {len(X)} rows for {n} samples")
+                fh.create_dataset(f"emb/{name if '/' in name else name + '/mean'}", data=np.asarray(X))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

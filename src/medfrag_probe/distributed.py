@@ -8,7 +8,9 @@ cache equals a single-process run. On several nodes the output folder must be on
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,16 +39,24 @@ class Ranks:
         return k % self.world == self.rank
 
 
-def setup(device: str) -> Ranks:
-    """Read the torchrun environment and start the process group when there is more than one rank."""
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[Ranks]:
+    """This process's `Ranks` from the torchrun environment; with more than one rank, the process group is started
+    on entry (unless the caller already started one, which it then keeps) and destroyed on exit, also on error."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Ranks()
+        yield Ranks()
+        return
     ranks = Ranks(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    if not torch.distributed.is_initialized():
+    started = not torch.distributed.is_initialized()
+    if started:
         use_nccl = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         torch.distributed.init_process_group(backend="nccl" if use_nccl else "gloo")
-    return ranks
+    try:
+        yield ranks
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def rank_device(device: str, ranks: Ranks) -> str:

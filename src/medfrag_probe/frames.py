@@ -13,12 +13,15 @@ per-class recalls) stay as Python lists in their cells; `*_ci` pairs are also sp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .artifacts.answers import ANSWERS, read_answers
+from .artifacts.bridge import BRIDGE, read_bridge
+from .artifacts.probes import RESULTS, read_results
 from .errors import UserError, bad_choice
 
-FILES = {"probe": "results.jsonl", "vqa": "answers.jsonl", "bridge": "bridge.jsonl"}
+FILES = {"probe": RESULTS, "vqa": ANSWERS, "bridge": BRIDGE}
+READERS = {"probe": read_results, "vqa": read_answers, "bridge": read_bridge}  # each takes the file's folder
 
 
 def results_frame(path: str | Path, *, kind: str | None = None):
@@ -38,11 +41,8 @@ def results_frame(path: str | Path, *, kind: str | None = None):
         raise UserError(f"no results under {root}: looked for {', '.join(FILES[k] for k in files)}")
     if len(found) > 1:
         raise UserError(f"{root} holds {', '.join(sorted(found))} results; pick one with kind=...")
-    records = []
-    for file in next(iter(found.values())):
-        for line in file.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                records.append({**json.loads(line), "source": str(file)})
+    (which, files), = found.items()
+    records = [{**record.record(), "source": str(file)} for file in files for record in READERS[which](file.parent)]
     frame = pd.DataFrame.from_records(records)
     for column in [c for c in frame.columns if c.endswith("_ci")]:
         pairs = frame[column].map(lambda v: v if isinstance(v, (list, tuple)) and len(v) == 2 else (None, None))

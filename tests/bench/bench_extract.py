@@ -60,7 +60,7 @@ def bare_loop(spec: str, data: str, batch_size: int) -> float:
 
 def extract_time(spec: str, data: str, batch_size: int, out: Path, workers: int) -> float:
     """Seconds for the whole `extract` call: model load, decoding, hooks, pooling, part files, HDF5."""
-    from medfrag_probe.extract import extract
+    from medfrag_probe.extraction import extract
 
     start = time.perf_counter()
     extract(spec, data, out=out, batch_size=batch_size, workers=workers, overwrite=True)
@@ -69,7 +69,7 @@ def extract_time(spec: str, data: str, batch_size: int, out: Path, workers: int)
 
 RSS_SCRIPT = """
 import resource, sys, os
-from medfrag_probe.extract import extract
+from medfrag_probe.extraction import extract
 extract("tiny:clip", sys.argv[1], out=sys.argv[2], batch_size=32, workers=0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 
@@ -41,20 +40,19 @@ def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0, per_pa
     patients = -(-n // per_patient)
     y = np.repeat(rng.integers(0, 4, patients), per_patient)[:n]
     directions = rng.normal(size=(4, d)) / np.sqrt(d)
-    names = []
-    with h5py.File(path, "w") as fh:
-        fh["samples/id"] = np.array([f"s{i}" for i in range(n)], dtype=object)
-        fh["samples/label"] = y
-        if per_patient > 1:
-            fh["samples/group"] = np.array([f"p{i // per_patient}" for i in range(n)], dtype=object)
-        fh["classes"] = np.array(["a", "b", "c", "d"], dtype=object)
-        for layer in range(layers):
-            name = f"vision.block.{layer:02d}"
-            names.append(name)
-            strength = 0.2 + 0.6 * layer / max(1, layers - 1)  # accuracy from ~0.45 (early) to ~0.95 (late)
-            for pooling in ("cls", "mean"):
-                X = rng.normal(size=(n, d)) + strength * directions[y] * np.sqrt(d) / 8
-                fh[f"emb/{name}/{pooling}"] = X.astype(np.float16)
+    from medfrag_probe.cache import write_embeddings
+
+    names, embeddings = [], {}
+    for layer in range(layers):
+        name = f"vision.block.{layer:02d}"
+        names.append(name)
+        strength = 0.2 + 0.6 * layer / max(1, layers - 1)  # accuracy from ~0.45 (early) to ~0.95 (late)
+        for pooling in ("cls", "mean"):
+            X = rng.normal(size=(n, d)) + strength * directions[y] * np.sqrt(d) / 8
+            embeddings[f"{name}/{pooling}"] = X.astype(np.float16)
+    write_embeddings(path, ids=[f"s{i}" for i in range(n)], labels=y, classes=["a", "b", "c", "d"],
+                     groups=[f"p{i // per_patient}" for i in range(n)] if per_patient > 1 else None,
+                     embeddings=embeddings)
     return names
 
 

@@ -26,7 +26,7 @@ from bench_extract import build_clip_tower  # the script's own folder is on sys.
 RANK_SCRIPT = """
 import json, os, sys
 from medfrag_probe._log import set_quiet
-from medfrag_probe.extract import extract
+from medfrag_probe.extraction import extract
 set_quiet(True)
 result = extract(sys.argv[1], sys.argv[2], out=sys.argv[3], batch_size=8, workers=0, points="vision.post")
 rank = os.environ.get("RANK", "0")

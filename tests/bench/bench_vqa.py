@@ -2,7 +2,7 @@
 
 A random LLaVA-1.5-shaped model (CLIP ViT-B/16-sized tower at 224 px, a 6-layer 512-wide Llama decoder), with the
 tiny model's tokenizer and processor, answers prompts about synthetic brain MRIs under the `image` condition (16 new
-tokens each), through `medfrag_probe.vqa.vqa`.
+tokens each), through `medfrag_probe.answering.vqa`.
 
 - `batch_speedup`: wall time at batch size 1 over batch size 8 (every yes/no and multiple-choice prompt of
   `synth-brain-mri` about `--batch-images` images, prefix sharing off); `same_batch_answers`: identical answers.
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from medfrag_probe.vqa import vqa
+from medfrag_probe.answering import vqa
 
 
 def build(out: Path) -> str:

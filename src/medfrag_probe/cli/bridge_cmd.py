@@ -27,7 +27,7 @@ def bridge_command(
     replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
 ) -> None:
     """Probe skill vs VQA skill per model and data: gap with paired CI, McNemar, verdict, stage curve, figures."""
-    from ..bridge import bridge
+    from ..attribution import bridge
     from ..errors import UserError
 
     pairs = []
@@ -36,10 +36,6 @@ def bridge_command(
         if len(parts) != 2 or not all(parts):
             raise UserError(f"--pair takes GENERALIST,MEDICAL (two model specs), got {text!r}")
         pairs.append(tuple(parts))
-    if not 0 <= seen_skill <= 1 or not -1 <= min_gap <= 1:
-        raise UserError("--seen-skill must lie in [0, 1] and --min-gap in [-1, 1]")
-    if replicates < 10:
-        raise UserError(f"--replicates must be >= 10, got {replicates}")
     records = bridge(probes, vqa, out=out, probe=probe, seen_skill=seen_skill, min_gap=min_gap, pairs=pairs,
                      order=[o.strip() for o in order.split(",")] if order else None, replicates=replicates)
     for r in records:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,18 +36,13 @@ def extract_command(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Extract embeddings of MODEL over DATA into an HDF5 cache (resumes a killed run)."""
-    from ..extract import extract
+    from ..extraction import extract
 
     result = extract(model, data, points=points, poolings=poolings, out=out, batch_size=batch_size, device=device,
                      dtype=dtype, store_dtype=store_dtype, workers=workers, prompt=prompt, overwrite=overwrite,
                      trust_remote_code=trust_remote_code)
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank = torch.distributed.get_rank()
-        torch.distributed.destroy_process_group()
-        if rank != 0:  # under torchrun only rank 0 reports the consolidated cache
-            return
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports the consolidated cache
+        return
     typer.echo(f"{result.path}: {result.samples} samples, {result.extracted} extracted now, {result.skipped} "
                f"already done, {len(result.failed)} failed ({result.images_per_second:.1f} img/s)")
     for sample_id, reason in result.failed.items():

@@ -42,7 +42,7 @@ def inspect_command(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Show every hook point with token count and width, the point the language model reads, and fingerprints."""
-    from ..inspect import inspect_model
+    from ..inspection import inspect_model
 
     report = inspect_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if as_json:

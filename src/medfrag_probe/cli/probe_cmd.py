@@ -56,10 +56,6 @@ def probe_command(
     from ..probes.curves import learning_curves
     from ..probes.similarity import cka_between
 
-    if folds < 2:
-        raise UserError(f"--folds must be >= 2, got {folds}")
-    if replicates < 10:
-        raise UserError(f"--replicates must be >= 10, got {replicates}")
     results = probe([str(c) for c in caches], points=points, poolings=poolings, probes=probes, out=out,
                     folds=folds, seed=seed, replicates=replicates, controls=controls, ks=_ints(ks, "--ks"),
                     permutations=permutations,

@@ -49,8 +49,8 @@ def vqa_command(
     """Generate answers (greedy, chat template, left-padded batches) and write answers.jsonl + summary.json."""
     if ctx.invoked_subcommand is not None:
         return
+    from ..answering import vqa
     from ..errors import UserError
-    from ..vqa import vqa
 
     missing = [name for name, value in (("--model", model), ("--data", data), ("--task", task)) if not value]
     if missing:
@@ -63,7 +63,7 @@ def vqa_command(
 
 
 def _report(summary: dict, out: Path) -> None:
-    from ..vqa.run import headline
+    from ..answering.run import headline
 
     typer.echo(f"{summary['model']} on {summary['data']}: {headline(summary)} -> {out / 'summary.json'}")
 
@@ -84,7 +84,7 @@ def import_command(
                                                 "open.")] = None,
 ) -> None:
     """Parse and score answers produced by another tool with the same parser and measures."""
-    from ..vqa.importer import import_answers
+    from ..answering.importer import import_answers
 
     summary = import_answers(file, data, task, out=out, model=model, id_field=id_field, by_position=by_position,
                              condition=condition, kind=kind)
@@ -107,7 +107,7 @@ def export_command(
 ) -> None:
     """Write the task with its images as a VLMEvalKit custom-dataset TSV and an lmms-eval task; answer with those
     harnesses, then score their prediction files with `vqa import`."""
-    from ..vqa.export import export_task
+    from ..answering.export import export_task
 
     paths = export_task(data, task, out, prompts=prompts, split=split, limit=limit, seed=seed, name=name)
     typer.echo(f"{paths['questions']} questions about {paths['images']} images -> {paths['vlmevalkit']} and "

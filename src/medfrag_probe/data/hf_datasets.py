@@ -29,8 +29,8 @@ from PIL import Image
 
 from ..errors import UserError
 from ..specs import Spec
+from .base import SPLIT_ALIASES, DataSource, Sample, register_source
 from .images import ImageError, array_to_rgb, load_image, load_image_bytes, to_rgb
-from .sources import _SPLIT_ALIASES, DataSource, Sample, register_source
 
 PARAMS = {"split", "image", "label", "group", "id", "config", "revision", "question", "answer"}
 YES_NO = {"yes": "yes", "no": "no", "y": "yes", "n": "no", "true": "yes", "false": "no"}
@@ -104,7 +104,7 @@ def hf_dataset(spec: Spec) -> DataSource:
             if text is None:
                 raise UserError(f"{spec.text}: split {split or '-'} row {i} has no {label_column!r}")
             group = str(groups[i]) if groups is not None and groups[i] not in (None, "") else sid
-            samples.append(Sample(id=sid, label=names.index(text), group=group, split=_SPLIT_ALIASES.get(split, "")))
+            samples.append(Sample(id=sid, label=names.index(text), group=group, split=SPLIT_ALIASES.get(split, "")))
             rows.append((split, i))
     return HFDatasetSource(spec, parts, image_column, samples, rows, tuple(names), None, _key(parts))
 
@@ -138,7 +138,7 @@ def _splits(data, spec: Spec) -> dict:
         parts = {s: parts[s] for s in wanted}
     if len(parts) == 1:
         parts = {"": next(iter(parts.values()))}
-    odd = [s for s in parts if s and s not in _SPLIT_ALIASES]
+    odd = [s for s in parts if s and s not in SPLIT_ALIASES]
     if odd:
         raise UserError(f"{spec.text}: split {odd[0]!r} is not train, val or test; keep the splits you want with "
                         f"?split=... (valid: {', '.join(parts)})")
@@ -241,7 +241,7 @@ def _question_source(spec: Spec, parts: dict, image_column: str) -> DataSource:
             seen.add(sid)
             group = str(cols[group_column][i]) if group_column else _image_key(ds[i][image_column], sid)
             samples.append(Sample(id=sid, label=names.index(answer), group=group,
-                                  split=_SPLIT_ALIASES.get(split, "")))
+                                  split=SPLIT_ALIASES.get(split, "")))
             rows.append((split, i))
             questions.append(question)
     if not samples:

@@ -7,12 +7,9 @@ strings (relative paths, or `split/index` for arrays) and everything downstream 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,72 +17,13 @@ from PIL import Image
 
 from ..errors import UserError
 from ..specs import Spec, parse_spec
+from . import hf_datasets, synth  # noqa: F401  (they register hf-dataset: and synth:)
+from .base import SOURCES, SPLIT_ALIASES, SPLITS, DataSource, Sample, register_source
 from .images import has_image_suffix, load_image, to_rgb
-
-SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "test": "test", "testing": "test"}
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of a data source; `group` is the patient (or the id itself), `split` is '' when none."""
-
-    id: str
-    label: int
-    group: str
-    split: str = ""
-    path: str = ""
-
-
-class DataSource:
-    """A labelled image collection; subclasses fill `samples`, `classes` and implement `image`."""
-
-    spec: str
-    classes: tuple[str, ...]
-    samples: list[Sample]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def image(self, index: int, *, keep_side: int | None = None) -> Image.Image:
-        """The RGB image of sample `index`; raises `ImageError` when it cannot be decoded. `keep_side` allows a very
-        large image to be decoded at a reduced size whose shorter side stays >= `keep_side` (see `data.images`)."""
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        """SHA-256 over class names, ids and labels (and `content_key`): two sources with the same fingerprint label
-        the same images."""
-        digest = hashlib.sha256(json.dumps([self.classes, self.content_key()]).encode())
-        for sample in self.samples:
-            digest.update(f"{sample.id}\t{sample.label}\n".encode())
-        return digest.hexdigest()[:16]
-
-    def content_key(self) -> str:
-        """What decides the images beyond their ids ("" for files, whose ids are their paths)."""
-        return ""
-
-    @property
-    def has_splits(self) -> bool:
-        """Whether every sample carries its own train/val/test split."""
-        return bool(self.samples) and all(s.split for s in self.samples)
-
-
-SOURCES: dict[str, Callable[[Spec], DataSource]] = {}
-
-
-def register_source(kind: str):
-    """Decorator adding a source factory under its spec prefix."""
-    def wrap(factory):
-        SOURCES[kind] = factory
-        return factory
-    return wrap
 
 
 def open_source(spec: str) -> DataSource:
     """Open a data spec such as `imagefolder:DIR`, `manifest:FILE.csv` or `synth:brain-mri?n=200`."""
-    from . import hf_datasets, synth  # noqa: F401  (register hf-dataset: and synth:)
-
     parsed = parse_spec(spec, kinds=set(SOURCES), what="data")
     source = SOURCES[parsed.kind](parsed)
     if not source.samples:
@@ -104,9 +42,9 @@ def _normal_split(value: str, where: str) -> str:
     value = (value or "").strip().lower()
     if not value:
         return ""
-    if value not in _SPLIT_ALIASES:
+    if value not in SPLIT_ALIASES:
         raise UserError(f"{where}: unknown split {value!r}; valid: {', '.join(SPLITS)} (or empty)")
-    return _SPLIT_ALIASES[value]
+    return SPLIT_ALIASES[value]
 
 
 def decode_hint(source: DataSource, adapter) -> dict:
@@ -170,7 +108,7 @@ def imagefolder(spec: Spec) -> DataSource:
     if not root.is_dir():
         raise UserError(f"imagefolder: {root} is not a directory")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    split_dirs = [p for p in subdirs if p.name.lower() in _SPLIT_ALIASES]
+    split_dirs = [p for p in subdirs if p.name.lower() in SPLIT_ALIASES]
     if split_dirs and len(split_dirs) == len(subdirs):
         class_names = sorted({c.name for d in split_dirs for c in d.iterdir() if c.is_dir()})
         groups = [(_normal_split(d.name, spec.text), d) for d in split_dirs]

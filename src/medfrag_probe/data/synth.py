@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..errors import UserError, bad_choice
 from ..specs import Spec
-from .sources import DataSource, Sample, register_source
+from .base import DataSource, Sample, register_source
 
 Render = Callable[[np.random.Generator, np.random.Generator, int, float, int], np.ndarray]
 

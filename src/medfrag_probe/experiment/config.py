@@ -41,7 +41,6 @@ VQA_KEYS = ("conditions", "prompts", "max_new_tokens", "describe_tokens", "descr
             "batch_size", "device", "dtype")
 BRIDGE_KEYS = ("seen_skill", "min_gap", "probe")
 SWEEP_KEYS = ("factor", "values")
-FACTORS = ("layer", "pooling", "probe", "k", "prompt", "train_size", "resolution", "pair")
 
 
 @dataclass(frozen=True)
@@ -232,7 +231,7 @@ def _label(spec: str) -> str:
 
 
 def _task(entry, path, index: int) -> TaskEntry:
-    from ..vqa.tasks import load_task
+    from ..answering.tasks import load_task
 
     if isinstance(entry, str):
         entry = {"task": entry}
@@ -270,7 +269,7 @@ def _check_extract(extract: dict, path) -> dict:
 
 
 def _check_vqa(vqa: dict, path) -> None:
-    from ..vqa.run import check_conditions
+    from ..answering.run import check_conditions
 
     try:
         if "conditions" in vqa:
@@ -278,7 +277,7 @@ def _check_vqa(vqa: dict, path) -> None:
         if "prompts" in vqa:
             vqa["prompts"] = ",".join(str(p) for p in _listish(vqa["prompts"], path, "vqa.prompts"))
         if vqa.get("describe_with") not in (None, False, "none"):
-            from ..vqa.describe import check_method
+            from ..answering.describe import check_method
 
             check_method(str(vqa["describe_with"]))
     except UserError as exc:
@@ -290,15 +289,17 @@ def _check_vqa(vqa: dict, path) -> None:
 
 def _sweep(sweep, path, *, models, pairs) -> dict:
     sweep = _keys(sweep, SWEEP_KEYS, path, "sweep")
+    from .factors import FACTORS
+
     factor = sweep.get("factor")
     if factor not in FACTORS:
         raise _fail(path, f"unknown sweep factor {factor!r}; valid: {', '.join(FACTORS)}")
     values = sweep.get("values")
-    needs_values = factor in ("pooling", "probe", "k", "resolution")
-    if needs_values and (not isinstance(values, list) or not values):
+    spec = FACTORS[factor]
+    if spec.needs_values and (not isinstance(values, list) or not values):
         raise _fail(path, f"sweep over {factor} needs 'values' (a non-empty list)")
-    if factor in ("k", "resolution"):
+    if spec.integer_values and values:
         values = [_int(v, path, f"sweep.values ({factor})") for v in values]
-    if factor == "pair" and not pairs:
-        raise _fail(path, "sweep over pair needs 'pairs'")
+    if spec.needs_pairs and not pairs:
+        raise _fail(path, f"sweep over {factor} needs 'pairs'")
     return {"factor": factor, "values": values or []}

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..errors import UserError  # noqa: E402
-from ..probes.select import pick  # noqa: E402
+from .._fs import atomic_write
+from ..artifacts.answers import SUMMARY, read_summary
+from ..artifacts.bridge import BRIDGE, BridgeRecord, read_bridge, read_pairs
+from ..artifacts.probes import RESULTS, ProbeResult, read_results
+from ..artifacts.study import StudyLayout
+from .factors import FACTORS
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -122,18 +120,20 @@ def _with_ci(value, ci) -> str:
     return f"{value:+.3f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{value:+.3f}"
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+def _bridge_records(folder: Path) -> list[BridgeRecord]:
+    return read_bridge(folder) if (folder / BRIDGE).is_file() else []
+
+
+def _probe_results(folder: Path) -> list[ProbeResult]:
+    return read_results(folder) if (folder / RESULTS).is_file() else []
 
 
 def report(folder: str | Path) -> dict[str, Path]:
     """Write `report.html` and `report.md` into a study folder (made by `run`); return their paths."""
     folder = Path(folder)
-    if not (folder / "run.json").is_file():
-        raise UserError(f"{folder} holds no study (no run.json); run `medfrag-probe run CONFIG` first")
-    study = _Study(folder)
+    study = _Study(StudyLayout(folder))
     doc = _Doc(folder)
-    figures = folder / "figures"
+    figures = study.layout.figures
     figures.mkdir(exist_ok=True)
     _header(doc, study)
     _verdicts(doc, study)
@@ -146,35 +146,33 @@ def report(folder: str | Path) -> dict[str, Path]:
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(study.name)} — "
             f"medfrag-probe report</title><style>{CSS}</style></head><body><main>{''.join(doc.html)}</main></body>"
             "</html>")
-    (folder / "report.html").write_text(page)
-    (folder / "report.md").write_text("\n".join(doc.md) + "\n")
-    plt.close("all")
-    return {"html": folder / "report.html", "markdown": folder / "report.md"}
+    atomic_write(study.layout.report_html, page)
+    atomic_write(study.layout.report_md, "\n".join(doc.md) + "\n")
+    return {"html": study.layout.report_html, "markdown": study.layout.report_md}
 
 
 class _Study:
     """Everything a report reads from a study folder."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.run = json.loads((folder / "run.json").read_text())
+    def __init__(self, layout: StudyLayout):
+        self.layout = layout
+        self.folder = folder = layout.root
+        self.run = layout.read_run()
         self.name = self.run.get("name", folder.name)
-        self.config_text = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
+        self.config_text = layout.config.read_text() if layout.config.is_file() else ""
         import yaml
 
         self.config = yaml.safe_load(self.config_text) or {}
         self.units = self.run.get("units", [])
         self.label = {u["model"]: u["label"] for u in self.units}
-        self.seeds = sorted(int(p.name.split("-")[1]) for p in (folder / "bridge").glob("seed-*")) or \
-            sorted(int(p.name.split("-")[1]) for p in (folder / "probes").glob("seed-*"))
+        self.seeds = layout.seeds()
         self.seed = self.seeds[0] if self.seeds else 0
-        self.bridge_dir = folder / "bridge" / f"seed-{self.seed}"
-        self.bridge = _jsonl(self.bridge_dir / "bridge.jsonl")
-        self.pairs = _jsonl(self.bridge_dir / "pairs.jsonl")
-        self.probes = {u["key"]: _jsonl(folder / "probes" / f"seed-{self.seed}" / u["key"] / "results.jsonl")
-                       for u in self.units}
-        self.vqa = {u["key"]: json.loads((folder / "vqa" / u["key"] / "summary.json").read_text())
-                    for u in self.units if (folder / "vqa" / u["key"] / "summary.json").is_file()}
+        self.bridge_dir = layout.bridge(self.seed)
+        self.bridge = _bridge_records(self.bridge_dir)
+        self.pairs = read_pairs(self.bridge_dir)
+        self.probes = {u["key"]: _probe_results(layout.probe(self.seed, u["key"])) for u in self.units}
+        self.vqa = {u["key"]: read_summary(layout.vqa(u["key"])) for u in self.units
+                    if (layout.vqa(u["key"]) / SUMMARY).is_file()}
         self.data_order = list(dict.fromkeys(u["data"] for u in self.units))
         self.model_order = list(dict.fromkeys(u["model"] for u in self.units))
         self.task_label = {u["data"]: u["task_label"] + (f" @{u['variant']}" if u["variant"] else "")
@@ -283,14 +281,15 @@ def _robustness(doc: _Doc, study: _Study) -> None:
     doc.text("Accuracy over all items (unanswered count wrong) and over answered items; spread of accuracy across "
              "prompts; paraphrase flip rate over pairs of wordings (PSF-Med; negations apart); agreement of answers "
              "with and without the image; share of answers that change when the image is swapped for one of another "
-             "class; quadrants of samples by consistency x image reliance. Definitions: medfrag_probe/vqa/measures.py.")
+             "class; quadrants of samples by consistency x image reliance. Definitions: "
+             "medfrag_probe/answering/measures.py.")
 
 
 def _layers(doc: _Doc, study: _Study) -> None:
     doc.heading("Layer curves", anchor="layers")
     figures = []
     for unit in study.units:
-        folder = study.folder / "probes" / f"seed-{study.seed}" / unit["key"]
+        folder = study.layout.probe(study.seed, unit["key"])
         figures += [(p, f"{unit['label']} on {study.task_label.get(unit['data'], unit['data'])}")
                     for p in sorted(folder.glob("layers__*.png"))]
     if not figures:
@@ -309,200 +308,14 @@ def _ablation(doc: _Doc, study: _Study, figures: Path) -> None:
     if not factor:
         doc.text("The config sweeps no factor.")
         return
-    draw = {"layer": _by_layer, "pooling": _by_field("pooling"), "probe": _by_field("probe"), "k": _by_k,
-            "prompt": _by_prompt, "train_size": _by_train_size, "resolution": _by_resolution, "pair": _by_pair}[factor]
-    path = draw(study, figures / f"ablation_{factor}.png")
+    if factor not in FACTORS:
+        doc.text(f"Unknown sweep factor {factor!r} in the config; valid: {', '.join(FACTORS)}.")
+        return
+    path = FACTORS[factor].plot(study, figures / f"ablation_{factor}.png")
     if path is None:
         doc.text(f"Nothing to plot for {factor}.")
         return
     doc.figure(path, f"Skill against {factor.replace('_', ' ')} (95% CIs where available).")
-
-
-def _panels(study: _Study, count: int | None = None):
-    """One panel per task, at most two per row."""
-    n = count or len(study.data_order)
-    cols = min(2, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.0 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, list(axes.flat)[:n]
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=105)
-    return path
-
-
-def _linear(study, unit, pooling=None):
-    rows = [r for r in study.probes.get(unit["key"], []) if r["probe"] == "linear"]
-    return [r for r in rows if pooling is None or r["pooling"] == pooling]
-
-
-def _by_layer(study: _Study, path: Path) -> Path | None:
-    """Linear probe skill per point; models share the x axis by point name (towers differ in depth)."""
-    from ..probes.run import point_order
-
-    fig, axes = _panels(study)
-    for ax, data in zip(axes, study.data_order):
-        units = [study.unit(model, data) for model in study.model_order]
-        names = sorted({r["point"] for u in units if u for r in _linear(study, u)}, key=point_order)
-        x = {name: i for i, name in enumerate(names)}
-        for model, unit in zip(study.model_order, units):
-            by_point = defaultdict(list)
-            for r in _linear(study, unit) if unit else []:
-                by_point[r["point"]].append(r)
-            pts = sorted((pick(rs) for rs in by_point.values()), key=lambda r: point_order(r["point"]))
-            if pts:
-                ys = [p["skill"] for p in pts]
-                err = np.array([[p["skill"] - (p["skill_ci"] or [p["skill"]] * 2)[0],
-                                 (p["skill_ci"] or [p["skill"]] * 2)[1] - p["skill"]] for p in pts]).T
-                ax.errorbar([x[p["point"]] for p in pts], ys, yerr=err, marker="o", ms=3, capsize=2,
-                            label=study.label.get(model, model))
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([n.replace("vision.block.", "v").replace("vision.", "") for n in names], rotation=60,
-                           fontsize=7)
-        ax.axhline(0, color="grey", lw=0.8, ls="--")
-        ax.set_title(study.task_label.get(data, data), fontsize=10)
-        ax.set_ylabel("linear probe skill")
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _by_field(name: str):
-    def draw(study: _Study, path: Path) -> Path | None:
-        fig, axes = _panels(study)
-        for ax, data in zip(axes, study.data_order):
-            values = []
-            for model in study.model_order:
-                unit = study.unit(model, data)
-                rows = study.probes.get(unit["key"], []) if unit else []
-                for r in rows:
-                    if r[name] not in values:
-                        values.append(r[name])
-            width = 0.8 / max(1, len(study.model_order))
-            for m, model in enumerate(study.model_order):
-                unit = study.unit(model, data)
-                rows = study.probes.get(unit["key"], []) if unit else []
-                chosen = [pick([r for r in rows if r[name] == v]) for v in values]
-                ax.bar(np.arange(len(values)) + m * width, [r["skill"] if r else np.nan for r in chosen], width,
-                       label=study.label.get(model, model))
-            ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2)
-            ax.set_xticklabels(values, fontsize=8)
-            ax.set_title(study.task_label.get(data, data), fontsize=10)
-            ax.set_ylabel(f"probe skill per {name}\n(point chosen on inner scores)", fontsize=8)
-            ax.legend(fontsize=7)
-        return _save(fig, path)
-    return draw
-
-
-def _by_k(study: _Study, path: Path) -> Path | None:
-    fig, axes = _panels(study)
-    for ax, data in zip(axes, study.data_order):
-        for model in study.model_order:
-            unit = study.unit(model, data)
-            rows = [r for r in study.probes.get(unit["key"], []) if "@" in r["probe"]] if unit else []
-            anchor = pick(_linear(study, unit)) if unit else None  # the point the linear probe chose on inner scores
-            by_k = defaultdict(list)
-            for r in rows:
-                by_k[int(r["probe"].split("@")[1])].append(r)
-            ks = sorted(by_k)
-            ax.plot(ks, [_at(by_k[k], anchor)["skill"] for k in ks], marker="o", label=study.label.get(model, model))
-        ax.set_xscale("log")
-        ax.set_xlabel("k")
-        ax.set_ylabel("kNN skill (point chosen on inner scores)", fontsize=8)
-        ax.set_title(study.task_label.get(data, data), fontsize=10)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _at(rows: list[dict], anchor: dict | None) -> dict:
-    """The row at the anchor's point and pooling, else the preferred one (never chosen by test score)."""
-    same = [r for r in rows if anchor and (r["point"], r["pooling"]) == (anchor["point"], anchor["pooling"])]
-    return same[0] if same else pick(rows)
-
-
-def _by_prompt(study: _Study, path: Path) -> Path | None:
-    fig, axes = _panels(study)
-    for ax, data in zip(axes, study.data_order):
-        prompts = []
-        for model in study.model_order:
-            unit = study.unit(model, data)
-            for p in (study.vqa.get(unit["key"], {}).get("prompts", []) if unit else []):
-                if p["prompt_id"] not in prompts:
-                    prompts.append(p["prompt_id"])
-        for model in study.model_order:
-            unit = study.unit(model, data)
-            table = {p["prompt_id"]: p for p in (study.vqa.get(unit["key"], {}).get("prompts", []) if unit else [])}
-            ys = [table[p]["accuracy"] if p in table else np.nan for p in prompts]
-            ax.plot(range(len(prompts)), ys, marker="o", label=study.label.get(model, model))
-        ax.set_xticks(range(len(prompts)))
-        ax.set_xticklabels(prompts, rotation=70, fontsize=7)
-        ax.set_ylabel("accuracy (image)")
-        ax.set_title(study.task_label.get(data, data), fontsize=10)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _by_train_size(study: _Study, path: Path) -> Path | None:
-    fig, axes = _panels(study)
-    for ax, data in zip(axes, study.data_order):
-        for model in study.model_order:
-            unit = study.unit(model, data)
-            rows = _jsonl(next(iter((study.folder / "curves" / unit["key"]).glob("curves__*.jsonl")), Path("-"))) \
-                if unit else []
-            if rows:
-                xs = [r["per_class"] for r in rows]
-                ys = [r["balanced_accuracy"] for r in rows]
-                ax.plot(xs, ys, marker="o", label=study.label.get(model, model))
-                ax.axhline(rows[0]["chance"], color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("training samples per class")
-        ax.set_ylabel("balanced accuracy")
-        ax.set_title(study.task_label.get(data, data), fontsize=10)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _by_resolution(study: _Study, path: Path) -> Path | None:
-    tasks = list(dict.fromkeys(u["task_label"] for u in study.units))
-    fig, axes = _panels(study, len(tasks))
-    for ax, task in zip(axes, tasks):
-        for model in study.model_order:
-            units = [u for u in study.units if u["model"] == model and u["task_label"] == task]
-            xs = [int(u["variant"].removesuffix("px")) for u in units]
-            probe = [(pick(_linear(study, u)) or {"skill": np.nan})["skill"] for u in units]
-            (line,) = ax.plot(xs, probe, marker="o", label=f"{study.label.get(model, model)} probe")
-            vqa = [study.vqa.get(u["key"], {}).get("classification", {}).get("skill") for u in units]
-            if any(v is not None for v in vqa):
-                ax.plot(xs, [np.nan if v is None else v for v in vqa], marker="o", mfc="white", ls="--",
-                        color=line.get_color(), label=f"{study.label.get(model, model)} VQA")
-        ax.set_xlabel("source image size (px), before the processor")
-        ax.set_ylabel("skill")
-        ax.set_title(task, fontsize=10)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _by_pair(study: _Study, path: Path) -> Path | None:
-    if not study.pairs:
-        return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(study.pairs) + 2), 4))
-    labels = [f"{study.label.get(p['medical'], p['medical'])} - {study.label.get(p['generalist'], p['generalist'])}"
-              f"\n{study.task_label.get(p['data'], p['data'])}" for p in study.pairs]
-    x = np.arange(len(study.pairs))
-    for offset, key in ((-0.18, "probe"), (0.18, "vqa")):
-        ys = [p[f"{key}_delta"] for p in study.pairs]
-        cis = [p[f"{key}_delta_ci"] or [y, y] for p, y in zip(study.pairs, ys)]
-        err = np.array([[y - c[0], c[1] - y] for y, c in zip(ys, cis)]).T
-        ax.bar(x + offset, ys, 0.36, yerr=err, capsize=3, label=f"{key} delta")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("medical - generalist skill")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def _seeds(doc: _Doc, study: _Study) -> None:
@@ -511,8 +324,7 @@ def _seeds(doc: _Doc, study: _Study) -> None:
         doc.text(f"One seed ({study.seed}); list more under `seeds:` to see how folds and resamples move the results.")
         return
     rows = []
-    per_seed = {s: {(r["model"], r["data"]): r for r in _jsonl(study.folder / "bridge" / f"seed-{s}" /
-                                                                    "bridge.jsonl")} for s in study.seeds}
+    per_seed = {s: {(r.model, r.data): r for r in _bridge_records(study.layout.bridge(s))} for s in study.seeds}
     for data in study.data_order:
         for model in study.model_order:
             found = [per_seed[s].get((model, data)) for s in study.seeds]

@@ -25,11 +25,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from .._fs import atomic_write, output_lock, remove_stale_tmp
+from .._fs import atomic_write, output_lock, read_stamp, remove_stale_tmp, stamp_differences, write_stamp
 from .._log import info, warn
 from .._provenance import device_info, versions
-from ..errors import UserError
+from ..artifacts.answers import SUMMARY
+from ..artifacts.study import StudyLayout
+from ..errors import UserError, option
 from .config import Config, ModelEntry, TaskEntry, load_config
+from .factors import FACTORS, Factor
 
 MODEL_STAGES = ("extract", "vqa")  # stages that load a model
 
@@ -51,23 +54,22 @@ class Unit:
 class _Stamps:
     """Identities of finished stages, one small JSON file each under `out/.stamps/`."""
 
-    def __init__(self, out: Path):
-        self.folder = out / ".stamps"
+    def __init__(self, layout: StudyLayout):
+        self.folder = layout.stamps
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name.replace('/', '_')}.json"
 
     def fresh(self, name: str, identity: dict) -> bool:
-        path = self._path(name)
-        plain = json.loads(json.dumps(identity, sort_keys=True, default=str))  # tuples as lists, as stored
-        return path.is_file() and json.loads(path.read_text()) == plain
+        recorded = read_stamp(self._path(name))
+        return recorded is not None and not stamp_differences(recorded, identity)
 
     def known(self, name: str) -> bool:
         return self._path(name).is_file()
 
     def mark(self, name: str, identity: dict) -> None:
-        atomic_write(self._path(name), json.dumps(identity, sort_keys=True, default=str))
+        write_stamp(self._path(name), identity)
 
 
 def run(config, *, out: str | Path | None = None) -> dict:
@@ -78,28 +80,29 @@ def run(config, *, out: str | Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, folder=True, what="study folder"):
         remove_stale_tmp(out)
-        remove_stale_tmp(out / ".stamps")
+        remove_stale_tmp(StudyLayout(out).stamps)
         return _run_locked(config, out)
 
 
 def _run_locked(config: Config, out: Path) -> dict:
+    layout = StudyLayout(out)
     if Path(config.path).is_file():
-        shutil.copyfile(config.path, out / "config.yaml")
-    stamps, log = _Stamps(out), []
+        shutil.copyfile(config.path, layout.config)
+    stamps, log = _Stamps(layout), []
     units = plan_units(config)
     warn_image_level(dict.fromkeys(u.data for u in units))
     start = time.perf_counter()
     for unit in units:
         stamps_of = {"model": model_stamp(unit.model.spec), "data_fingerprint": data_stamp(unit.data)}
-        extract_id = _extract(unit, config, out, stamps, log, known=stamps_of)
+        extract_id = _extract(unit, config, layout, stamps, log, known=stamps_of)
         for seed in config.seeds:
-            _probe(unit, config, out, stamps, log, seed=seed, upstream=extract_id)
-        _curves(unit, config, out, stamps, log, upstream=extract_id)
-        _vqa(unit, config, out, stamps, log, known=stamps_of)
+            _probe(unit, config, layout, stamps, log, seed=seed, upstream=extract_id)
+        _curves(unit, config, layout, stamps, log, upstream=extract_id)
+        _vqa(unit, config, layout, stamps, log, known=stamps_of)
     for seed in config.seeds:
-        _bridge(units, config, out, stamps, log, seed=seed)
+        _bridge(units, config, layout, stamps, log, seed=seed)
     model_work = sum(1 for entry in log if entry["status"] == "ran" and entry["stage"] in MODEL_STAGES)
-    _write_run(out, config, units, log, seconds=time.perf_counter() - start)
+    _write_run(layout, config, units, log, seconds=time.perf_counter() - start)
     if model_work == 0:
         info(f"run {config.name}: nothing to do for any model (every extraction and VQA stage is up to date)")
     info(f"run {config.name}: {sum(e['status'] == 'ran' for e in log)} stages ran, "
@@ -109,21 +112,19 @@ def _run_locked(config: Config, out: Path) -> dict:
 
 def plan_units(config: Config) -> list[Unit]:
     """Every (model, task variant); a resolution sweep makes one variant per size."""
-    units = []
-    for model in config.models:
-        for task in config.tasks:
-            if config.sweep and config.sweep["factor"] == "resolution":
-                units += [Unit(model, task, _with_param(task.data, "size", v), f"{v}px")
-                          for v in config.sweep["values"]]
-            else:
-                units.append(Unit(model, task, task.data, ""))
-    return units
+    factor, values = _sweep(config)
+    return [Unit(model, task, data, variant) for model in config.models for task in config.tasks
+            for data, variant in factor.variants(task.data, values)]
 
 
-def _with_param(spec: str, key: str, value) -> str:
-    base, _, query = spec.partition("?")
-    params = [p for p in query.split("&") if p and not p.startswith(f"{key}=")]
-    return f"{base}?{'&'.join([*params, f'{key}={value}'])}"
+_NO_SWEEP = Factor("none", lambda study, path: None)
+
+
+def _sweep(config: Config) -> tuple[Factor, list]:
+    """The config's sweep factor and values (a factor that changes nothing when it sweeps none)."""
+    if not config.sweep:
+        return _NO_SWEEP, []
+    return FACTORS[config.sweep["factor"]], list(config.sweep["values"])
 
 
 def _note(log: list, stage: str, unit: str, status: str, seconds: float = 0.0) -> None:
@@ -173,20 +174,19 @@ def data_stamp(data: str) -> str:
 
 
 def _poolings(config: Config) -> str | None:
-    if config.sweep and config.sweep["factor"] == "pooling":
-        wanted = (config.poolings.split(",") if config.poolings else []) + list(config.sweep["values"])
-        return ",".join(dict.fromkeys(wanted))
-    return config.poolings
+    factor, values = _sweep(config)
+    if factor.extends != "poolings":
+        return config.poolings
+    return ",".join(factor.extended("poolings", config.poolings.split(",") if config.poolings else [], values))
 
 
 def _probes(config: Config) -> list[str]:
-    if config.sweep and config.sweep["factor"] == "probe":
-        return list(dict.fromkeys([*config.probes, *config.sweep["values"]]))
-    return config.probes
+    factor, values = _sweep(config)
+    return factor.extended("probes", config.probes, values)
 
 
-def _extract(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, known: dict) -> dict:
-    from ..extract import extract
+def _extract(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, log: list, *, known: dict) -> dict:
+    from ..extraction import extract
 
     identity = {"model": known["model"], "dtype": unit.model.dtype, "data": unit.data,
                 "data_fingerprint": known["data_fingerprint"], "points": config.points, "poolings": _poolings(config),
@@ -199,17 +199,19 @@ def _extract(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, 
     options = {k: v for k, v in config.extract.items() if k in ("batch_size", "device", "store_dtype", "prompt",
                                                                   "workers")}
     extract(unit.model.spec, unit.data, points=config.points, poolings=_poolings(config),
-            out=out / "cache" / f"{unit.key}.h5", dtype=unit.model.dtype,
+            out=layout.cache(unit.key), dtype=unit.model.dtype,
             trust_remote_code=unit.model.trust_remote_code, overwrite=stamps.known(name), **options)
     stamps.mark(name, identity)
     _note(log, "extract", unit.key, "ran", time.perf_counter() - start)
     return identity
 
 
-def _probe(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, seed: int, upstream: dict) -> None:
+def _probe(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, log: list, *, seed: int,
+           upstream: dict) -> None:
     from ..probes import probe
 
-    ks = config.sweep["values"] if config.sweep and config.sweep["factor"] == "k" else None
+    factor, values = _sweep(config)
+    ks = values if factor.probe_ks else None
     identity = {"extract": config.digest(upstream), "probes": _probes(config), "folds": config.folds,
                 "replicates": config.replicates, "permutations": config.permutations, "controls": config.controls,
                 "seed": seed, "ks": ks,
@@ -219,22 +221,23 @@ def _probe(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *,
         _note(log, "probe", f"{unit.key} seed {seed}", "up to date")
         return
     start = time.perf_counter()
-    folder = out / "probes" / f"seed-{seed}" / unit.key
+    folder = layout.probe(seed, unit.key)
     shutil.rmtree(folder, ignore_errors=True)
-    probe([out / "cache" / f"{unit.key}.h5"], probes=_probes(config), out=folder, folds=config.folds, seed=seed,
+    probe([layout.cache(unit.key)], probes=_probes(config), out=folder, folds=config.folds, seed=seed,
           replicates=config.replicates, controls=config.controls, ks=ks, permutations=config.permutations)
     stamps.mark(name, identity)
     _note(log, "probe", f"{unit.key} seed {seed}", "ran", time.perf_counter() - start)
 
 
-def _curves(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, upstream: dict) -> None:
+def _curves(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, log: list, *, upstream: dict) -> None:
     """Learning curves at the point the language model reads (train_size sweeps)."""
-    if not (config.sweep and config.sweep["factor"] == "train_size"):
+    factor, values = _sweep(config)
+    if not factor.curves:
         return
     from ..cache import EmbeddingCache
     from ..probes.curves import SIZES, learning_curves
 
-    sizes = (*config.sweep["values"], None) if config.sweep["values"] else SIZES  # None: the whole training fold
+    sizes = (*values, None) if values else SIZES  # None: the whole training fold
     identity = {"extract": config.digest(upstream), "sizes": list(sizes), "seed": config.seeds[0],
                 "version": __version__}
     name = f"curves__{unit.key}"
@@ -242,11 +245,11 @@ def _curves(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *
         _note(log, "curves", unit.key, "up to date")
         return
     start = time.perf_counter()
-    cache = EmbeddingCache(out / "cache" / f"{unit.key}.h5")
+    cache = EmbeddingCache(layout.cache(unit.key))
     point = cache.attrs.get("reads_point") or cache.points()[-1][0]
     pairs = [(p, q) for p, q in cache.points() if p == point][:1] or cache.points()[-1:]
     learning_curves(cache.path, pairs, probes=("linear",), sizes=sizes, folds=config.folds, seed=config.seeds[0],
-                    replicates=min(config.replicates, 300), out=out / "curves" / unit.key)
+                    replicates=min(config.replicates, 300), out=layout.curves(unit.key))
     stamps.mark(name, identity)
     _note(log, "curves", unit.key, "ran", time.perf_counter() - start)
 
@@ -260,9 +263,9 @@ def generates(spec: str) -> bool:
     return bool(getattr(ARCHITECTURES[architecture_of(resolve_spec(spec))], "can_generate", False))
 
 
-def _vqa(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, known: dict) -> None:
-    from ..vqa import vqa
-    from ..vqa.tasks import load_task
+def _vqa(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, log: list, *, known: dict) -> None:
+    from ..answering import vqa
+    from ..answering.tasks import load_task
 
     if config.vqa is None or not generates(unit.model.spec):
         return
@@ -278,17 +281,17 @@ def _vqa(unit: Unit, config: Config, out: Path, stamps: _Stamps, log: list, *, k
     start = time.perf_counter()
     kwargs = {"dtype": unit.model.dtype, **options}
     describe = kwargs.pop("describe_with")
-    vqa(unit.model.spec, unit.data, task, out=out / "vqa" / unit.key, seed=config.seeds[0],
+    vqa(unit.model.spec, unit.data, task, out=layout.vqa(unit.key), seed=config.seeds[0],
         describe_with=None if describe in (None, False, "none") else describe, overwrite=stamps.known(name),
         trust_remote_code=unit.model.trust_remote_code, **kwargs)
     stamps.mark(name, identity)
     _note(log, "vqa", unit.key, "ran", time.perf_counter() - start)
 
 
-def _bridge(units: list[Unit], config: Config, out: Path, stamps: _Stamps, log: list, *, seed: int) -> None:
-    from ..bridge import bridge
+def _bridge(units: list[Unit], config: Config, layout: StudyLayout, stamps: _Stamps, log: list, *, seed: int) -> None:
+    from ..attribution import bridge
 
-    vqa_dirs = [out / "vqa" / u.key for u in units if (out / "vqa" / u.key / "summary.json").is_file()]
+    vqa_dirs = [layout.vqa(u.key) for u in units if (layout.vqa(u.key) / SUMMARY).is_file()]
     if not vqa_dirs:
         return
     stamp_files = [*stamps.folder.glob("vqa__*.json"), *stamps.folder.glob(f"probe__*__seed{seed}.json")]
@@ -302,17 +305,17 @@ def _bridge(units: list[Unit], config: Config, out: Path, stamps: _Stamps, log: 
         _note(log, "bridge", f"seed {seed}", "up to date")
         return
     start = time.perf_counter()
-    folder = out / "bridge" / f"seed-{seed}"
+    folder = layout.bridge(seed)
     shutil.rmtree(folder, ignore_errors=True)
-    bridge([out / "probes" / f"seed-{seed}"], vqa_dirs, out=folder, pairs=pairs,
+    bridge([layout.probes(seed)], vqa_dirs, out=folder, pairs=pairs,
            order=list(dict.fromkeys(u.data for u in units)), replicates=config.replicates,
            **{k: v for k, v in config.bridge.items()})
     stamps.mark(name, identity)
     _note(log, "bridge", f"seed {seed}", "ran", time.perf_counter() - start)
 
 
-def _write_run(out: Path, config: Config, units: list[Unit], log: list, *, seconds: float) -> None:
-    previous = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+def _write_run(layout: StudyLayout, config: Config, units: list[Unit], log: list, *, seconds: float) -> None:
+    previous = json.loads(layout.run_record.read_text()) if layout.run_record.is_file() else {}
     record = {"name": config.name, "config": config.path, "finished": datetime.now(timezone.utc).isoformat(
               timespec="seconds"), "seconds": round(seconds, 2), "stages": log,
               "history": (previous.get("history", []) + [{"finished": previous.get("finished"),
@@ -321,13 +324,14 @@ def _write_run(out: Path, config: Config, units: list[Unit], log: list, *, secon
               "units": [{"key": u.key, "model": u.model.spec, "label": u.model.label, "task": u.task.task,
                          "task_label": u.task.label, "data": u.data, "variant": u.variant} for u in units],
               "versions": versions(), "device": device_info(config.extract.get("device", "cpu"))}
-    atomic_write(out / "run.json", json.dumps(record, indent=1))
+    atomic_write(layout.run_record, json.dumps(record, indent=1))
 
 
 def check_output_folder(out: Path) -> None:
     """Refuse to run into a folder that holds something other than a study's outputs."""
     if out.is_file():
-        raise UserError(f"--out {out} is a file; a study writes a folder")
+        raise UserError(f"{option('out')} {out} is a file; a study writes a folder")
     held = [p for p in out.iterdir() if p.name != ".lock"] if out.is_dir() else []
-    if held and not (out / "run.json").is_file() and not (out / ".stamps").is_dir():
-        raise UserError(f"{out} is not empty and holds no study (no run.json); choose another --out")
+    layout = StudyLayout(out)
+    if held and not layout.run_record.is_file() and not layout.stamps.is_dir():
+        raise UserError(f"{out} is not empty and holds no study (no run.json); choose another {option('out')}")

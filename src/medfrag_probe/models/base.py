@@ -47,11 +47,6 @@ class PointBatch:
     attention_mask: torch.Tensor | None = None
 
 
-def block_name(index: int, *, lm: bool = False) -> str:
-    """`vision.block.07` / `lm.block.07`."""
-    return f"{'lm' if lm else 'vision'}.block.{index:02d}"
-
-
 def find_module(root: nn.Module, candidates: Sequence[str], *, what: str, required: bool = True) -> nn.Module | None:
     """Return the first submodule found among dotted `candidates` (paths move between transformers versions)."""
     for path in candidates:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Adapter, Point, block_name, find_module
+from ..points import block_name
+from .base import Adapter, Point, find_module
 from .hf_common import load_pretrained
 from .registry import register
 

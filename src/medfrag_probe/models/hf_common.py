@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import Point, block_name, find_module
+from ..points import block_name
+from .base import Point, find_module
 
 TOWER_CORE = ("vision_model", "")
 LM_CANDIDATES = ("model.language_model", "language_model.model", "language_model")

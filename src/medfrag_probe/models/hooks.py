@@ -31,11 +31,13 @@ def first_tensor(output) -> torch.Tensor:
 def trace(points: list[Point], *, stop_after: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Hook `points` and yield a dict that fills with their captured tensors during a forward pass.
 
-    Hooks are removed on exit, also on error. With `stop_after`, capturing that point raises `StopForward`;
-    wrap the forward call in `run_traced` (or catch `StopForward`) to end the pass there.
+    Hooks are removed on exit, also on error. With `stop_after`, capturing that point raises `StopForward`, which
+    ends the forward pass there and is swallowed by the `with` block (as baukit's `TraceDict` does); to keep the
+    forward call's result when it does finish, wrap it in `run_traced`.
 
         with trace(points, stop_after="vision.block.05") as captured:
-            run_traced(lambda: model(**inputs))
+            model(**inputs)                  # stops after vision.block.05
+        captured["vision.block.05"]
     """
     captured: dict[str, torch.Tensor] = {}
     handles = []
@@ -44,7 +46,10 @@ def trace(points: list[Point], *, stop_after: str | None = None) -> Iterator[dic
             if point.module is None:
                 continue
             handles.append(_attach(point, captured, stop=point.name == stop_after))
-        yield captured
+        try:
+            yield captured
+        except StopForward:
+            pass  # the pass ended at `stop_after`, as asked
     finally:
         for handle in handles:
             handle.remove()

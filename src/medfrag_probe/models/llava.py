@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import block_name
+from ..points import block_name, is_vision_block
 from .hf_vlm import HFVLMAdapter
 from .registry import register
 
@@ -22,7 +22,7 @@ class LlavaAdapter(HFVLMAdapter):
         if not isinstance(layer, int):
             self.info["reads_layers"] = list(layer)
             layer = layer[-1]
-        n_blocks = sum(1 for name in self.points if name.startswith("vision.block."))
+        n_blocks = sum(1 for name in self.points if is_vision_block(name))
         index = layer if layer >= 0 else n_blocks + 1 + layer  # hidden_states[0] is the embedding output
         self.info["reads_tokens"] = "patch" if self.model.config.vision_feature_select_strategy == "default" else "all"
         return "vision.embed" if index == 0 else block_name(index - 1)

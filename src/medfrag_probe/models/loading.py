@@ -6,8 +6,7 @@ import importlib
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from ..devices import resolve_device  # noqa: F401  (re-exported: the one device resolver)
 from ..errors import UserError, bad_choice
 from ..specs import Spec, parse_spec
 from .base import Adapter
@@ -117,14 +116,3 @@ def _timm_kwargs(parsed: Spec) -> dict:
     return out
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when present; anything else must be a device torch knows and has."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for, but no CUDA device is available; valid here: auto, cpu")
-    return resolved

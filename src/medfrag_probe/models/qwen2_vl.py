@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import Point, PointBatch, block_name, find_module
+from ..points import block_name, is_vision_block
+from .base import Point, PointBatch, find_module
 from .hf_vlm import PROJECTOR_ORDER, HFVLMAdapter
 from .registry import register
 
@@ -41,7 +42,7 @@ class Qwen2VLAdapter(HFVLMAdapter):
         return Point("projector", self.projector, "packed", order=PROJECTOR_ORDER, stage="projector", merge=merge)
 
     def find_reads_point(self):
-        return block_name(sum(1 for name in self.points if name.startswith("vision.block.")) - 1)
+        return block_name(sum(1 for name in self.points if is_vision_block(name)) - 1)
 
     def forward(self, inputs, stage):
         if stage == "lm":

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ARCHITECTURES: dict[str, type] = {}
-MODEL_TYPES: dict[str, str] = {}
+from .._registry import Registry
+
+ARCHITECTURES: dict[str, type] = Registry("architecture")
+MODEL_TYPES: dict[str, str] = Registry("transformers model_type")
 
 
 def register(name: str, *, model_types: tuple[str, ...] = ()):
-    """Class decorator adding an adapter under `name` and its transformers `model_type`s."""
+    """Class decorator adding an adapter under `name` and its transformers `model_type`s (a taken name raises)."""
     def wrap(cls):
         cls.arch = name
         ARCHITECTURES[name] = cls

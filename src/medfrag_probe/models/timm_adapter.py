@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import Adapter, Point, block_name
+from ..points import block_name
+from .base import Adapter, Point
 from .registry import register
 
 

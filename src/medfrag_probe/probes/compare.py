@@ -13,42 +13,16 @@ folder), as its own interval is.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.probes import read_predictions, read_results
 from ..errors import UserError, bad_choice
-from .metrics import (
-    REPLICATES,
-    SEED,
-    bootstrap_scores,
-    bootstrap_weights,
-    interval,
-    point_scores,
-    record_inflation,
-    stretch_replicates,
-)
+from ..stats import REPLICATES, SEED, bootstrap_weights, interval, stretch_replicates
+from .metrics import bootstrap_scores, point_scores, record_inflation
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
-
-
-def read_predictions(path: str | Path) -> dict:
-    """A predictions CSV as arrays: ids, groups, labels (class indices), probabilities, class names."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"predictions file {path} not found")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
-        rows = list(reader)
-    if not classes or not rows:
-        raise UserError(f"{path} is not a probe predictions file (no p_<class> columns or no rows)")
-    index = {c: i for i, c in enumerate(classes)}
-    return {"ids": np.array([r["sample_id"] for r in rows]), "groups": np.array([r["group"] for r in rows]),
-            "labels": np.array([index[r["label"]] for r in rows]), "classes": classes,
-            "proba": np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)}
 
 
 def paired_difference(path_a, path_b, *, metric: str = "balanced_accuracy", replicates: int = REPLICATES,
@@ -57,20 +31,20 @@ def paired_difference(path_a, path_b, *, metric: str = "balanced_accuracy", repl
     if metric not in METRICS:
         raise bad_choice("metric", metric, METRICS)
     a, b = read_predictions(path_a), read_predictions(path_b)
-    if a["classes"] != b["classes"]:
-        raise UserError(f"the two results have different classes: {a['classes']} vs {b['classes']}")
-    shared, ia, ib = np.intersect1d(a["ids"], b["ids"], return_indices=True)
+    if a.classes != b.classes:
+        raise UserError(f"the two results have different classes: {a.classes} vs {b.classes}")
+    shared, ia, ib = np.intersect1d(a.ids, b.ids, return_indices=True)
     if len(shared) < 2:
         raise UserError(f"{path_a} and {path_b} share {len(shared)} samples; nothing to compare")
-    if not np.array_equal(a["labels"][ia], b["labels"][ib]):
+    if not np.array_equal(a.labels[ia], b.labels[ib]):
         raise UserError("the two results disagree on the labels of shared samples: not the same data source")
-    K = len(a["classes"])
-    y = a["labels"][ia]
-    weights = bootstrap_weights(a["groups"][ia], replicates=replicates, seed=seed)
-    score_a = point_scores(y, a["proba"][ia], K)[metric]
-    score_b = point_scores(y, b["proba"][ib], K)[metric]
-    boot_a = bootstrap_scores(y, a["proba"][ia], weights, K)[metric]
-    boot_b = bootstrap_scores(y, b["proba"][ib], weights, K)[metric]
+    K = len(a.classes)
+    y = a.labels[ia]
+    weights = bootstrap_weights(a.groups[ia], replicates=replicates, seed=seed)
+    score_a = point_scores(y, a.proba[ia], K)[metric]
+    score_b = point_scores(y, b.proba[ib], K)[metric]
+    boot_a = bootstrap_scores(y, a.proba[ia], weights, K)[metric]
+    boot_b = bootstrap_scores(y, b.proba[ib], weights, K)[metric]
     if score_a is not None and score_b is not None:
         boot_a = stretch_replicates(boot_a, score_a, _inflation(path_a, metric))
         boot_b = stretch_replicates(boot_b, score_b, _inflation(path_b, metric))
@@ -81,12 +55,10 @@ def paired_difference(path_a, path_b, *, metric: str = "balanced_accuracy", repl
 def _inflation(path, metric: str) -> float:
     """The interval widening of the result whose predictions are at `path` (1 when its record is not found)."""
     path = Path(path).resolve()
-    results = path.parent.parent / "results.jsonl"
-    if not results.is_file():
+    folder = path.parent.parent
+    if not (folder / "results.jsonl").is_file():
         return 1.0
-    with results.open() as fh:
-        for line in fh:
-            record = json.loads(line)
-            if record.get("predictions") and Path(record["predictions"]).resolve() == path:
-                return record_inflation(record, metric)
+    for result in read_results(folder):
+        if Path(result.predictions).resolve() == path:
+            return record_inflation(result, metric)
     return 1.0

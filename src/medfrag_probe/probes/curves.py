@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .._fs import atomic_write
+from ..artifacts.probes import write_curves
 from ..cache import EmbeddingCache
 from .estimators import PROBES
 from .metrics import bootstrap_scores, bootstrap_weights, interval, point_scores
@@ -22,8 +21,9 @@ def learning_curves(cache_path, points: list[tuple[str, str]], *, probes=("linea
     `n` samples per class (drawn with a fixed seed). Linear probes on fewer than 6 samples per class use C = 1. Rows
     with NaN or inf features are left out, as `probe` leaves them out (`n_excluded`)."""
     from .figures import learning_curve_figure
-    from .run import _task
+    from .run import _task, check_protocol
 
+    check_protocol(folds=folds, replicates=replicates)
     task = _task(EmbeddingCache(cache_path), folds=folds, seed=seed)
     K = len(task.names)
     rows = []
@@ -45,7 +45,7 @@ def learning_curves(cache_path, points: list[tuple[str, str]], *, probes=("linea
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / f"curves__{Path(cache_path).stem}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_curves(out, Path(cache_path).stem, rows)
         learning_curve_figure(rows, out / f"curves__{Path(cache_path).stem}.png")
     return rows
 
@@ -57,14 +57,9 @@ def _curve_oof(task, X, finite, name, size, *, seed, device) -> np.ndarray:
     for fold in task.plan.folds:
         train = _subsample(fold.train[finite[fold.train]], task.labels, size, rng)
         test = fold.test[finite[fold.test]]
-        kwargs = {}
-        if name == "linear":
-            small = np.bincount(task.labels[train]).min() < 6
-            model = PROBES[name](device=device, **({"Cs": (1.0,)} if small else {}))
-            kwargs = {} if small else {"groups": task.groups[train]}
-        else:
-            model = PROBES[name](device=device)
-        model.fit(X[train], task.labels[train], **kwargs)
+        small = np.bincount(task.labels[train]).min() < 6  # too few per class to search hyper-parameters
+        model = PROBES[name](device=device, seed=seed)
+        model.fit_fold(X[train], task.labels[train], groups=None if small else task.groups[train], search=not small)
         present = np.unique(task.labels[train])
         if len(test):
             proba[np.ix_(test, present)] = model.predict_proba(X[test])

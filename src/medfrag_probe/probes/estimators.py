@@ -16,6 +16,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._registry import Registry
+from ..devices import resolve_device
 from .solver import logistic_path, logistic_path_cpu
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 8))
@@ -50,12 +52,6 @@ def _blas():
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -101,7 +97,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.scale_[self.scale_ == 0] = 1.0
         Cs = sorted(float(c) for c in self.Cs)
         rows, masks, checks = self._problems(X, codes, groups, X_val, y_val, len(Cs), folds)
-        dev = _device(self.device)
+        dev = resolve_device(self.device)
         Xt = torch.from_numpy((rows - self.mean_) / self.scale_).to(dev)
         yt = torch.from_numpy(np.concatenate([codes, checks[1]]) if checks[1] is not None else codes).to(dev)
         scales = torch.from_numpy(self._penalty_scales(X, masks)).to(dev)
@@ -127,13 +123,40 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.intercept_ = b[-1].cpu().numpy()
         return self
 
+    # -- the fold protocol `probes.run` and `probes.curves` drive every registered probe through --------------------
+    sweeps_k = False  # one fit answers one setting (kNN: every k at once)
+
+    def fit_fold(self, X, y, *, groups=None, folds=None, X_val=None, y_val=None, search: bool = True):
+        """Fit on one outer fold's training rows: C chosen on the validation rows when given, else by the inner
+        group folds (`folds`, or built from `groups`); `search=False` fits C = 1 without a search."""
+        if not search:
+            self.Cs = (1.0,)
+            return self.fit(X, y)
+        if X_val is not None and len(X_val):
+            return self.fit(X, y, X_val=X_val, y_val=y_val)
+        return self.fit(X, y, groups=groups, folds=folds)
+
+    def fold_hyper(self) -> dict:
+        """What the fold chose: C and its held-out (training-side) score, None when nothing was held out."""
+        return {"C": self.C_, "val_score": float(self.cv_scores_.max()) if len(self.cv_scores_) else None}
+
+    def proba_at(self, X, ks) -> dict:
+        """Class probabilities of `X` (columns: the fold's classes), keyed like `ks` (a linear probe has no k)."""
+        proba = self.predict_proba(X)
+        return {k: proba for k in ks}
+
+    def relabelled_at(self, X_train, codes: np.ndarray, X_test, ks, n_classes: int) -> dict:
+        """`relabelled_proba` keyed like `ks`."""
+        proba = self.relabelled_proba(X_train, codes, X_test, n_classes)
+        return {k: proba for k in ks}
+
     def relabelled_proba(self, X, codes: np.ndarray, X_test, n_classes: int) -> np.ndarray:
         """Class probabilities (P, n_test, n_classes) of P refits on the training rows `X` (the rows of the last
         `fit`) at the chosen C and standardisation, one per label vector in `codes` (P, n; codes 0..n_classes-1),
         solved together. The permutation refits behind the probe's intervals: same data, same protocol, no signal."""
         check_is_fitted(self, "coef_")
         X = np.asarray(X, dtype=np.float32)
-        dev = _device(self.device)
+        dev = resolve_device(self.device)
         Xt = torch.from_numpy((X - self.mean_) / self.scale_).to(dev)
         masks = torch.ones(len(codes), len(X), device=dev)
         work = Xt.shape[0] * Xt.shape[1] * len(codes) * max(n_classes - 1, 1)
@@ -273,10 +296,11 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         if self.weights not in ("softmax", "uniform"):
             raise ValueError(f"unknown weights {self.weights!r}; valid: softmax, uniform")
         self.classes_, codes = np.unique(y, return_inverse=True)
-        dev = _device(self.device)
+        dev = resolve_device(self.device)
         self.train_ = self._prepare(torch.from_numpy(X).to(dev))
         self.codes_ = torch.from_numpy(codes).to(dev)
         self.k_ = int(min(self.k, len(X)))
+        self.k_max_ = len(X)  # no k reaches past the training rows
         return self
 
     def _prepare(self, X: torch.Tensor) -> torch.Tensor:
@@ -295,6 +319,26 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         """Vote shares {k: (P, n, n_classes)} of the queries `X` with the training rows relabelled by each row of
         `codes` (P, n_train; codes 0..n_classes-1): one neighbour search serves every label vector and every k."""
         return self._vote_sweep(X, torch.from_numpy(np.asarray(codes)).long().to(self.train_.device), ks, n_classes)
+
+    # -- the fold protocol (see `LinearProbe.fit_fold`) -------------------------------------------------------------
+    sweeps_k = True
+
+    def fit_fold(self, X, y, **_ignored):
+        """Fit on one outer fold's training rows (a kNN probe has nothing to choose on held-out rows)."""
+        return self.fit(X, y)
+
+    def fold_hyper(self) -> dict:
+        return {}
+
+    def proba_at(self, X, ks) -> dict:
+        """Vote shares of `X` for each k in `ks` (None: the probe's own k), from one neighbour search."""
+        sweep = self.predict_proba_sweep(X, [k or self.k for k in ks])
+        return {k: sweep[min(k or self.k, self.k_max_)] for k in ks}
+
+    def relabelled_at(self, X_train, codes: np.ndarray, X_test, ks, n_classes: int) -> dict:
+        """`relabelled_proba` for each k in `ks` (the training rows are those of the last `fit`)."""
+        votes = self.relabelled_proba(X_test, codes, [k or self.k for k in ks], n_classes)
+        return {k: votes[min(k or self.k, self.k_max_)] for k in ks}
 
     def _vote_sweep(self, X, codes: torch.Tensor, ks: Sequence[int], n_classes: int) -> dict[int, np.ndarray]:
         """Vote shares {k: (P, n, n_classes)} under each label vector of `codes` (P, n_train), for every k, from
@@ -334,8 +378,8 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(1)]
 
 
-PROBES = {
-    "linear": lambda **kw: LinearProbe(**kw),
-    "knn": lambda **kw: KNNProbe(**kw),
-    "knn-euclid-11": lambda **kw: KNNProbe(k=11, metric="euclidean", weights="uniform", **kw),
-}
+PROBES = Registry("probe")  # name -> factory(device=..., seed=...) of an estimator with the fold protocol
+PROBES["linear"] = lambda *, device="cpu", seed=0: LinearProbe(device=device, random_state=seed)
+PROBES["knn"] = lambda *, device="cpu", seed=0: KNNProbe(device=device)
+PROBES["knn-euclid-11"] = lambda *, device="cpu", seed=0: KNNProbe(k=11, metric="euclidean", weights="uniform",
+                                                                   device=device)

@@ -6,11 +6,10 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .._plot import subplots
+from ..points import point_order
 
 
 def _short(name: str) -> str:
@@ -19,7 +18,6 @@ def _short(name: str) -> str:
 
 def layer_curves(results, out: Path) -> list[Path]:
     """One PNG per cache: balanced accuracy per point, a line per (pooling, probe), 95% CI bands, chance."""
-    from .run import point_order
 
     by_cache = defaultdict(list)
     for r in results:
@@ -28,7 +26,7 @@ def layer_curves(results, out: Path) -> list[Path]:
     for cache, rows in by_cache.items():
         points = sorted({r.point for r in rows}, key=point_order)
         x = {p: i for i, p in enumerate(points)}
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(points) + 2), 4.2))
+        fig, ax = subplots(figsize=(max(6.0, 0.45 * len(points) + 2), 4.2))
         lines = defaultdict(list)
         for r in rows:
             lines[(r.pooling, r.probe)].append(r)
@@ -52,14 +50,13 @@ def layer_curves(results, out: Path) -> list[Path]:
         fig.tight_layout()
         path = out / f"layers__{Path(cache).stem}.png"
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         paths.append(path)
     return paths
 
 
 def learning_curve_figure(rows: list[dict], path: Path) -> Path:
     """Balanced accuracy against training samples per class (log axis), a line per point/pooling/probe."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     lines = defaultdict(list)
     for r in rows:
         lines[(r["point"], r["pooling"], r["probe"])].append(r)
@@ -78,13 +75,12 @@ def learning_curve_figure(rows: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def cka_figure(matrix: np.ndarray, names_a: list[str], names_b: list[str], title: str, path: Path) -> Path:
     """Heatmap of linear CKA between the points of two caches."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names_b) + 2), max(3.5, 0.35 * len(names_a) + 1.5)))
+    fig, ax = subplots(figsize=(max(4.0, 0.35 * len(names_b) + 2), max(3.5, 0.35 * len(names_a) + 1.5)))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
     ax.set_xticks(range(len(names_b)), [_short(n) for n in names_b], rotation=60, fontsize=7)
     ax.set_yticks(range(len(names_a)), [_short(n) for n in names_a], fontsize=7)
@@ -92,5 +88,4 @@ def cka_figure(matrix: np.ndarray, names_a: list[str], names_b: list[str], title
     fig.colorbar(image, ax=ax, label="linear CKA")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

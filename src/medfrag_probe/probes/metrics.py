@@ -1,4 +1,4 @@
-"""Scores and bootstrap confidence intervals.
+"""Probe scores and their bootstrap confidence intervals (the generic statistics live in `medfrag_probe.stats`).
 
 The bootstrap resamples **groups** (patients; a sample is its own group when there are none) with replacement,
 1000 replicates from a fixed seed. Replicate weights depend only on the sorted set of group ids, so every model and
@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 
-REPLICATES = 1000
-SEED = 0
-
-
-def bootstrap_weights(groups, *, replicates: int = REPLICATES, seed: int = SEED) -> np.ndarray:
-    """(replicates, n) float32 multiplicities of each sample under a cluster bootstrap over `groups`."""
-    unique, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    g = len(unique)
-    draws = rng.integers(0, g, size=(replicates, g)) + (np.arange(replicates) * g)[:, None]
-    counts = np.bincount(draws.ravel(), minlength=replicates * g).reshape(replicates, g).astype(np.float32)
-    return counts[:, inverse]
+from ..stats import (
+    REPLICATES,
+    auroc,
+    bootstrap_weights,
+    inflation,
+    interval,
+    skill,
+    stretch_replicates,
+    stretched,
+    weighted_auroc,
+)
 
 
 def point_scores(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
@@ -41,17 +40,6 @@ def point_scores(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
             "macro_f1": float(f1.mean()), "auroc": auroc(y, proba, n_classes),
             "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
             "confusion": cm.tolist()}
-
-
-def auroc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float | None:
-    """AUROC: binary on the positive class, else macro one-vs-rest over the classes present."""
-    present = np.unique(y)
-    if len(present) < 2:
-        return None
-    ones = np.ones((1, len(y)), np.float32)
-    if n_classes == 2:
-        return float(weighted_auroc(proba[:, 1], y == 1, ones)[0])
-    return float(np.mean([weighted_auroc(proba[:, k], y == k, ones)[0] for k in present]))
 
 
 def bootstrap_scores(y: np.ndarray, proba: np.ndarray, weights: np.ndarray, n_classes: int,
@@ -78,49 +66,6 @@ def bootstrap_scores(y: np.ndarray, proba: np.ndarray, weights: np.ndarray, n_cl
         per_class = [weighted_auroc(proba[:, k], y == k, weights) for k in range(n_classes) if (y == k).any()]
         out["auroc"] = np.nanmean(np.stack(per_class), axis=0)
     return out
-
-
-def weighted_auroc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC for every row of `weights` (R, n): P(score_pos > score_neg) + 0.5 P(tie), one sort for all rows."""
-    order = np.argsort(score, kind="stable")
-    s = score[order]
-    pos = positive[order]
-    tied = np.flatnonzero(s[1:] == s[:-1])
-    if not len(tied):
-        return _auroc_untied(pos, weights[:, order])
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of tied scores
-    w = weights[:, order]
-    pos_w = np.add.reduceat(w * pos, starts, axis=1)
-    neg_w = np.add.reduceat(w * ~pos, starts, axis=1)
-    below = np.cumsum(neg_w, axis=1) - neg_w
-    return _ratio((pos_w * (below + 0.5 * neg_w)).sum(1), pos_w.sum(1) * neg_w.sum(1))
-
-
-def _auroc_untied(pos: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """No ties: each positive counts the weight of the negatives sorted before it."""
-    neg_idx, pos_idx = np.flatnonzero(~pos), np.flatnonzero(pos)
-    if not len(neg_idx) or not len(pos_idx):
-        return np.full(len(w), np.nan)
-    neg_cum = np.cumsum(w[:, neg_idx], axis=1)
-    before = np.searchsorted(neg_idx, pos_idx)  # negatives sorted before each positive
-    below = np.where(before > 0, neg_cum[:, np.maximum(before - 1, 0)], 0.0)
-    pos_w = w[:, pos_idx]
-    return _ratio((pos_w * below).sum(1), pos_w.sum(1) * neg_cum[:, -1])
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-def interval(samples: np.ndarray, level: float = 0.95) -> list[float] | None:
-    """Percentile interval [low, high] of replicate values (NaN replicates ignored)."""
-    samples = np.asarray(samples, dtype=float)
-    samples = samples[np.isfinite(samples)]
-    if not len(samples):
-        return None
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))]
 
 
 PERMUTATION_REPLICATES = 50  # bootstrap replicates per refit: the denominator averages 40 x 50 of them
@@ -191,41 +136,12 @@ def clustered_auroc_variance(y: np.ndarray, proba: np.ndarray, groups: np.ndarra
     return float(n_groups / (n_groups - 1) * (influence ** 2).sum())
 
 
-def inflation(effect: float, permutations: int, level: float = 0.95) -> float:
-    """How much to widen a bootstrap interval given the design effect measured from `permutations` refits: the
-    standard-error ratio sqrt(effect), times t over normal quantiles for a variance estimated with P - 1 degrees of
-    freedom; never below 1 (the bootstrap's own width is the floor)."""
-    from scipy.stats import norm, t
-
-    tail = 0.5 + level / 2
-    return max(1.0, float(np.sqrt(effect) * t.ppf(tail, permutations - 1) / norm.ppf(tail)))
-
-
-def stretched(ci: list[float] | None, estimate: float | None, factor: float, bounds=(0.0, 1.0)) -> list[float] | None:
-    """The interval `ci` widened about `estimate` by `factor` (>= 1), within `bounds`."""
-    if ci is None or estimate is None or factor <= 1:
-        return ci
-    low = max(bounds[0], estimate - factor * (estimate - ci[0]))
-    high = min(bounds[1], estimate + factor * (ci[1] - estimate))
-    return [float(low), float(high)]
-
-
 def record_inflation(record: dict, metric: str = "balanced_accuracy") -> float:
     """The interval widening of a probe result record (1 for records made without permutation refits)."""
     effect = (record.get("design_effect") or {}).get(metric)
     permutations = record.get("permutations") or 0
     return inflation(effect, permutations) if effect is not None and permutations > 1 else 1.0
 
-
-def stretch_replicates(samples: np.ndarray, estimate: float, factor: float, bounds=(-np.inf, 1.0)) -> np.ndarray:
-    """Bootstrap replicates spread about `estimate` by `factor` (>= 1), within `bounds`: the replicates of a
-    design-effect-corrected interval, for differences that must stay paired (two models on one data source, probe
-    minus answers)."""
-    if factor <= 1:
-        return samples
-    return np.clip(estimate + factor * (np.asarray(samples) - estimate), *bounds)
-
-
-def skill(score, chance: float):
-    """Chance-normalised skill (score - chance) / (1 - chance); works on arrays too."""
-    return (np.asarray(score) - chance) / (1 - chance)
+__all__ = ["REPLICATES", "auroc", "bootstrap_weights", "inflation", "interval", "skill", "stretch_replicates",
+           "stretched", "weighted_auroc", "point_scores", "bootstrap_scores", "design_effects",
+           "clustered_auroc_variance", "record_inflation", "PERMUTATION_REPLICATES"]

@@ -11,22 +11,20 @@ whatever the class balance); `skill = (balanced_accuracy - 1/K) / (1 - 1/K)`.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import io
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._fs import atomic_write
 from .._log import debug, info, is_quiet, warn
+from ..artifacts.probes import Predictions, ProbeResult, prediction_name, write_predictions, write_results
 from ..cache import EmbeddingCache
-from ..errors import UserError, bad_choice
-from ..models.loading import resolve_device
+from ..devices import resolve_device
+from ..errors import UserError, option
+from ..points import point_order
 from .estimators import PROBES, inner_folds
 from .metrics import (
     PERMUTATION_REPLICATES,
@@ -42,56 +40,6 @@ from .metrics import (
 from .splits import SplitPlan, plan_splits
 
 PERMUTATIONS = 40  # permutation refits per result behind the intervals' design effect (0: plain bootstrap)
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One probe on one (cache, point, pooling): scores with 95% CIs, controls, and provenance."""
-
-    model: str
-    data: str
-    cache: str
-    point: str
-    pooling: str
-    probe: str
-    split: str
-    n: int
-    n_excluded: int
-    n_classes: int
-    classes: list[str]
-    chance: float
-    majority_accuracy: float
-    accuracy: float
-    accuracy_ci: list[float] | None
-    balanced_accuracy: float
-    balanced_accuracy_ci: list[float] | None
-    macro_f1: float
-    macro_f1_ci: list[float] | None
-    auroc: float | None
-    auroc_ci: list[float] | None
-    skill: float
-    skill_ci: list[float] | None
-    shuffled_accuracy: float | None
-    shuffled_balanced_accuracy: float | None
-    selectivity: float | None
-    per_class_recall: list
-    confusion: list
-    folds: int
-    hyper: dict = field(default_factory=dict)
-    ci_method: str = "patient-bootstrap"
-    design_effect: dict = field(default_factory=dict)
-    permutations: int = 0
-    note: str = ""
-    reads_point: str = ""
-    model_fingerprint: str = ""
-    vision_fingerprint: str = ""
-    data_fingerprint: str = ""
-    predictions: str = ""
-    seconds: float = 0.0
-
-    def record(self) -> dict:
-        """The flat JSON record."""
-        return asdict(self)
 
 
 @dataclass
@@ -135,8 +83,10 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     `device="auto"` runs the kNN search and the logistic-regression solver on CUDA when present, else on the CPU.
     """
     probes = _check_probes(probes)
+    check_protocol(folds=folds, replicates=replicates, ks=ks)
     if permutations == 1 or permutations < 0:
-        raise UserError(f"permutations must be 0 (plain patient bootstrap) or at least 2, not {permutations}")
+        raise UserError(f"{option('permutations')} must be 0 (plain patient bootstrap) or at least 2, not "
+                        f"{permutations}")
     device = str(resolve_device(device))
     out = Path(out)
     opened = [EmbeddingCache(path) for path in ([caches] if isinstance(caches, (str, Path)) else caches)]
@@ -161,7 +111,7 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
                               f"{result.balanced_accuracy:.3f} {format_ci(result.balanced_accuracy_ci)} "
                               f"({result.split})")
                     bar.update(1)
-            _write(results, out)
+            write_results(out, results)
     if not results:
         raise UserError("no probe result: every selected (point, pooling) has only NaN or inf values")
     info(f"probe: {len(results)} results -> {out / 'results.csv'} (one line per result with --verbose)")
@@ -177,12 +127,22 @@ def format_ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
+def check_protocol(*, folds: int, replicates: int, ks=None) -> None:
+    """The evaluation settings every probe run needs (one clear error each)."""
+    if folds < 2:
+        raise UserError(f"{option('folds')} must be >= 2, got {folds}")
+    if replicates < 10:
+        raise UserError(f"{option('replicates')} must be >= 10, got {replicates}")
+    if ks is not None and any(int(k) < 1 for k in ks):
+        raise UserError(f"{option('ks')} values must be >= 1, got {list(ks)}")
+
+
 def _check_finished(cache: EmbeddingCache, *, allow_incomplete: bool) -> None:
     left = cache.unfinished
     if left and not allow_incomplete:
         raise UserError(f"cache {cache.path} is an unfinished extraction: {left} of {len(cache)} samples are neither "
                         "extracted nor failed; re-run the same extract command to finish it, or pass "
-                        "--allow-incomplete to probe the finished rows only")
+                        f"{option('allow_incomplete', True)} to probe the finished rows only")
     if left:
         warn(f"cache {cache.path}: probing {len(cache) - left} finished rows; {left} samples were never extracted")
 
@@ -190,8 +150,7 @@ def _check_finished(cache: EmbeddingCache, *, allow_incomplete: bool) -> None:
 def _check_probes(probes) -> list[str]:
     names = [p.strip() for p in probes.split(",")] if isinstance(probes, str) else list(probes)
     for name in names:
-        if name not in PROBES:
-            raise bad_choice("probe", name, PROBES)
+        PROBES.choose(name)
     return names
 
 
@@ -222,16 +181,6 @@ def _select(cache: EmbeddingCache, points, poolings) -> list[tuple[str, str]]:
     return sorted(chosen, key=lambda pq: (point_order(pq[0]), pq[1]))
 
 
-def point_order(name: str) -> tuple[int, str]:
-    """Position of a point along the pipeline: embed, blocks, post, pooled, projector, language blocks."""
-    parts = name.split(".")
-    if name == "vision.embed":
-        return (0, name)
-    if len(parts) == 3 and parts[1] == "block" and parts[2].isdigit():
-        return ((1 if parts[0] == "vision" else 2000) + int(parts[2]), name)
-    return ({"vision.post": 500, "vision.pooled": 501, "projector": 900}.get(name, 5000), name)
-
-
 def _features(task: _Task, point: str, pooling: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of the task rows, and a mask of rows with only finite values."""
     X = task.cache.load(point, pooling, rows=task.rows).reshape(len(task.rows), -1)
@@ -245,7 +194,7 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
     if not finite.any():  # one broken point must not cost the finished ones: skip it with a note
         info(f"probe {task.cache.path.name} {point}/{pooling} {name}: skipped, every row has NaN or inf values")
         return []
-    k_values = sorted(set(ks)) if (ks and name.startswith("knn")) else [None]
+    k_values = sorted(set(ks)) if (ks and PROBES[name](device="cpu").sweeps_k) else [None]
     permuted = _permuted_labels(task, finite, permutations, seed)
     oof, hyper, permuted_oof = _fit_predict(task, X, finite, task.labels, name, k_values, seed=seed, device=device,
                                             permuted=permuted)
@@ -259,8 +208,8 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
     results = []
     for k in k_values:
         label = name if k is None else f"{name}@{k}"
-        pred_path = out / "predictions" / _pred_name(task, point, pooling, label)
-        _write_predictions(task, oof[k], finite, pred_path)
+        pred_path = out / "predictions" / prediction_name(task.cache.path.stem, point, pooling, label)
+        write_predictions(pred_path, _predictions(task, oof[k], finite))
         results.append(_summarise(task, point, pooling, label, oof[k], shuffled[k] if shuffled else None,
                                   finite, {**hyper, **({"k": k} if k else {})}, replicates=replicates,
                                   seconds=time.perf_counter() - start, predictions=str(pred_path),
@@ -281,38 +230,33 @@ def _permuted_labels(task, finite, permutations: int, seed: int) -> np.ndarray |
 
 def _fit_predict(task, X, finite, labels, name, k_values, *, seed, device, permuted=None):
     """Out-of-fold class probabilities for every evaluated row (NaN rows stay NaN), per k; with `permuted` labels
-    (P, n), also those of the same protocol refitted on each label vector (C as chosen on the real labels)."""
-    K = len(task.names)
+    (P, n), also those of the same protocol refitted on each label vector (hyper-parameters as chosen on the real
+    labels). `hyper` lists per fold what each fold chose (linear: C and `val_score`, the held-out score of the chosen
+    C on the fold's training-side rows, which the bridge selects points by)."""
+    K, F = len(task.names), len(task.plan.folds)
     oof = {k: np.full((len(X), K), np.nan, np.float32) for k in k_values}
     permuted_oof = {k: None if permuted is None else np.full((len(permuted), len(X), K), np.nan, np.float32)
                     for k in k_values}
-    # val_score[f]: held-out score of fold f's chosen C on its training-side rows (what the bridge selects points by)
-    hyper: dict = {"C": [], "val_score": [None] * len(task.plan.folds)} if name == "linear" else {}
+    hyper: dict = {}
     for f, (fold, inner) in enumerate(zip(task.plan.folds, task.inner)):
         train, test = fold.train[finite[fold.train]], fold.test[finite[fold.test]]
         if not len(test):
             continue
-        model = PROBES[name](device=device) if name != "linear" else PROBES[name](device=device, random_state=seed)
-        present = np.unique(labels[train])
-        if name == "linear":
-            val = fold.val[finite[fold.val]] if fold.val is not None else None
-            kwargs = dict(X_val=X[val], y_val=labels[val]) if val is not None and len(val) else dict(
-                groups=task.groups[train], folds=_restrict(inner, fold.train, finite))
-            model.fit(X[train], labels[train], **kwargs)
-            hyper["C"].append(model.C_)
-            hyper["val_score"][f] = float(model.cv_scores_.max()) if len(model.cv_scores_) else None
-            oof[None][np.ix_(test, present)] = model.predict_proba(X[test])
-            if permuted is not None:
-                permuted_oof[None][:, test] = model.relabelled_proba(X[train], permuted[:, train], X[test], K)
+        val = fold.val[finite[fold.val]] if fold.val is not None else None
+        model = PROBES[name](device=device, seed=seed)
+        if val is not None and len(val):
+            model.fit_fold(X[train], labels[train], X_val=X[val], y_val=labels[val])
         else:
-            model.fit(X[train], labels[train])
-            sweep = model.predict_proba_sweep(X[test], [k or model.k for k in k_values])
-            for k in k_values:
-                oof[k][np.ix_(test, present)] = sweep[min(k or model.k, len(train))]
-            if permuted is not None:
-                relabelled = model.relabelled_proba(X[test], permuted[:, train], [k or model.k for k in k_values], K)
-                for k in k_values:
-                    permuted_oof[k][:, test] = relabelled[min(k or model.k, len(train))]
+            model.fit_fold(X[train], labels[train], groups=task.groups[train],
+                           folds=_restrict(inner, fold.train, finite))
+        for key, value in model.fold_hyper().items():
+            hyper.setdefault(key, [None] * F)[f] = value
+        present = np.unique(labels[train])
+        for k, proba in model.proba_at(X[test], k_values).items():
+            oof[k][np.ix_(test, present)] = proba
+        if permuted is not None:
+            for k, proba in model.relabelled_at(X[train], permuted[:, train], X[test], k_values, K).items():
+                permuted_oof[k][:, test] = proba
     for k in k_values:  # classes absent from a training fold get probability 0
         rows = np.isfinite(oof[k]).any(1)
         oof[k][rows] = np.nan_to_num(oof[k][rows], nan=0.0)
@@ -400,44 +344,13 @@ def _majority_accuracy(task: _Task, rows: np.ndarray) -> float:
     return hits / total if total else float("nan")
 
 
-def _pred_name(task: _Task, point: str, pooling: str, label: str) -> str:
-    return f"{task.cache.path.stem}__{point}__{pooling}__{label.replace('@', '-k')}.csv"
-
-
-def _write_predictions(task: _Task, proba: np.ndarray, finite: np.ndarray, path: Path) -> None:
-    """Per-sample out-of-fold predictions: sample_id, group, split, fold, label, pred, correct, p_<class>..."""
+def _predictions(task: _Task, proba: np.ndarray, finite: np.ndarray) -> Predictions:
+    """The out-of-fold predictions of the evaluated rows with finite features."""
     fold_of = np.full(len(task.rows), -1)
     for f, fold in enumerate(task.plan.folds):
         fold_of[fold.test] = f
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(["sample_id", "group", "split", "fold", "label", "pred", "correct",
-                     *[f"p_{c}" for c in task.names]])
-    for i in task.eval_rows:
-        if not finite[i]:
-            continue
-        row = task.rows[i]
-        pred = int(proba[i].argmax())
-        writer.writerow([task.cache.ids[row], task.groups[i], task.cache.splits[row], fold_of[i],
-                         task.names[task.labels[i]], task.names[pred], int(pred == task.labels[i]),
-                         *[f"{v:.6g}" for v in proba[i]]])
-    atomic_write(path, buffer.getvalue())
-
-
-CSV_FIELDS = ("model", "data", "point", "pooling", "probe", "split", "n", "n_classes", "chance", "accuracy",
-              "balanced_accuracy", "macro_f1", "auroc", "skill", "shuffled_accuracy", "selectivity",
-              "majority_accuracy", "folds", "cache")
-
-
-def _write(results: list[ProbeResult], out: Path) -> None:
-    """results.jsonl (all fields) and results.csv (scalars plus CI bounds), each replaced atomically."""
-    atomic_write(out / "results.jsonl", "".join(json.dumps(r.record()) + "\n" for r in results))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    ci_fields = ("accuracy_ci", "balanced_accuracy_ci", "auroc_ci", "skill_ci")
-    writer.writerow([*CSV_FIELDS, *[f"{c}_{e}" for c in ci_fields for e in ("low", "high")]])
-    for r in results:
-        rec = r.record()
-        cis = [(rec[c] or [None, None])[e] for c in ci_fields for e in (0, 1)]
-        writer.writerow([rec[f] for f in CSV_FIELDS] + cis)
-    atomic_write(out / "results.csv", buffer.getvalue())
+    rows = task.eval_rows[finite[task.eval_rows]]
+    cache_rows = task.rows[rows]
+    return Predictions(ids=np.asarray(task.cache.ids, dtype=object)[cache_rows].astype(str), groups=task.groups[rows],
+                       splits=np.asarray(task.cache.splits, dtype=object)[cache_rows].astype(str),
+                       folds=fold_of[rows], labels=task.labels[rows], classes=list(task.names), proba=proba[rows])

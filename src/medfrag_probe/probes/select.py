@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..points import point_order
+
 POOLING_PREFERENCE = ("mean", "cls", "max", "vector", "image", "last")
 
 
@@ -21,7 +23,6 @@ def inner_score(record: dict) -> float | None:
 
 
 def _preference(record: dict) -> tuple:
-    from .run import point_order
 
     pooling = record.get("pooling", "")
     rank = POOLING_PREFERENCE.index(pooling) if pooling in POOLING_PREFERENCE else len(POOLING_PREFERENCE)

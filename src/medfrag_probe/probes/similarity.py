@@ -10,6 +10,7 @@ import numpy as np
 from .._fs import atomic_write
 from ..cache import EmbeddingCache
 from ..errors import UserError
+from ..points import point_order
 
 
 def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
@@ -26,7 +27,6 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
 def cka_between(path_a, path_b, *, pooling: str = "mean", out: str | Path | None = None) -> dict:
     """CKA matrix between every point of cache A and of cache B (one pooling) on the samples done in both."""
     from .figures import cka_figure
-    from .run import point_order
 
     a, b = EmbeddingCache(path_a), EmbeddingCache(path_b)
     ids_b = {sid: i for i, sid in enumerate(b.ids) if b.done[i]}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from ..errors import UserError
+from ..errors import UserError, option
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ def plan_splits(labels: np.ndarray, groups: np.ndarray, splits: np.ndarray, clas
         if shared and not allow_split_overlap:
             named = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
             raise UserError(f"the given train/val/test splits share {len(shared)} patient(s): {named}; a patient in "
-                            "both train and test leaks; fix the splits, or allow it with --allow-split-overlap")
+                            "both train and test leaks; fix the splits, or allow it with "
+                            + option("allow_split_overlap", True))
         if shared:
             return SplitPlan(plan.kind, plan.folds, f"splits share {len(shared)} patients (allowed)")
         return plan

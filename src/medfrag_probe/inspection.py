@@ -10,7 +10,7 @@ from .pooling import valid_poolings
 
 def inspect_model(model: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False) -> dict:
     """Load `model` vision-only, run one grey image through every point, and describe each point."""
-    from .extract import _to_device, capture
+    from .extraction import _to_device, capture
     from .models.base import PointBatch
 
     adapter = load_adapter(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .._plot import subplots
 
 VERDICT_COLOURS = {"sound": "#2a9d3f", "reasoning-limited": "#e07b00", "vision-limited": "#c0392b",
                    "both": "#7d3c98", "inconclusive": "#8c8c8c"}
@@ -34,7 +33,6 @@ def bridge_figures(records: list[dict], out: Path, *, order=None) -> list[Path]:
     paths = [stage_curves(records, folder / "stage_curves.png", data_order=data_order),
              scatter(records, folder / "probe_vs_vqa.png"),
              ladder(records, folder / "ladder.png", data_order=data_order)]
-    plt.close("all")
     return paths
 
 
@@ -50,7 +48,7 @@ def stage_curves(records, path: Path, *, data_order) -> Path:
     """One panel per data source: skill at each stage (vision blocks -> projector -> LM -> description -> answer)."""
     cols = min(2, len(data_order))
     rows_n = -(-len(data_order) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(6.6 * cols, 4.6 * rows_n), squeeze=False)
+    fig, axes = subplots(rows_n, cols, figsize=(6.6 * cols, 4.6 * rows_n), squeeze=False)
     for ax in axes.flat[len(data_order):]:
         ax.axis("off")
     for ax, data in zip(axes.flat, data_order):
@@ -112,7 +110,7 @@ def _stage_bounds(stages, x) -> dict:
 
 def scatter(records, path: Path) -> Path:
     """Probe skill (x) against VQA skill (y), 95% CIs, coloured by verdict; below the diagonal = lost read-out."""
-    fig, ax = plt.subplots(figsize=(7.4, 5.6))
+    fig, ax = subplots(figsize=(7.4, 5.6))
     low = _floor(records)
     ax.plot([low, 1.05], [low, 1.05], color="grey", lw=0.8, ls="--", label="VQA = probe")
     models = list(dict.fromkeys(r["model"] for r in records))
@@ -146,9 +144,9 @@ def ladder(records, path: Path, *, data_order) -> Path:
     """Tasks in their configured order (x); per model, probe skill (filled) and VQA skill (open) joined by a bar."""
     models = list(dict.fromkeys(r["model"] for r in records))
     by = {(r["model"], r["data"]): r for r in records}
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.9 * len(data_order) + 2), 4.4))
+    fig, ax = subplots(figsize=(max(5.5, 1.9 * len(data_order) + 2), 4.4))
     width = 0.7 / max(1, len(models))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for m, model in enumerate(models):
         colour = colours[m % len(colours)]
         for d, data in enumerate(data_order):

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._callable import make_callable
 from ._fs import cache_root, output_lock, remove_stale_tmp
 from ._log import info, is_quiet
 from ._provenance import device_info, versions
@@ -42,11 +41,12 @@ from .cache import (
 )
 from .data.images import ImageError
 from .data.sources import DataSource, decode_hint, open_source
-from .distributed import rank_device, setup
-from .errors import UserError
+from .devices import resolve_device
+from .distributed import process_group, rank_device
+from .errors import UserError, option
 from .models.base import STAGES, Adapter, Point
 from .models.hooks import run_traced, trace
-from .models.loading import load_adapter, resolve_device
+from .models.loading import load_adapter
 from .pooling import plan_poolings, pool
 
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -98,13 +98,22 @@ def extract(model: str, data: str | DataSource, *, points: str | list[str] | Non
     source = data if isinstance(data, DataSource) else open_source(data)
     wants_lm = any(p.strip().startswith("lm") for p in _split(points))
     if wants_lm and not prompt:
-        raise UserError("language-model points need a task prompt: pass --prompt 'Is there a tumour?'")
-    ranks = setup(device)
+        example = option("prompt", repr("Is there a tumour?"))
+        raise UserError(f"language-model points need a task prompt: pass {example}")
+    with process_group(device) as ranks:  # torchrun: every rank takes its share of the batches
+        return _extract_ranked(ranks, model, source, points=points, poolings=poolings, out=out, batch_size=batch_size,
+                               device=device, dtype=dtype, store_dtype=store_dtype, workers=workers, prompt=prompt,
+                               overwrite=overwrite, trust_remote_code=trust_remote_code, wants_lm=wants_lm)
+
+
+def _extract_ranked(ranks, model, source, *, points, poolings, out, batch_size, device, dtype, store_dtype, workers,
+                    prompt, overwrite, trust_remote_code, wants_lm) -> ExtractResult:
     device = rank_device(device, ranks)
     resolve_device(device)
     out = Path(out) if out else default_out(model, source.spec)
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give the cache file to write, e.g. {out / 'embeddings.h5'}")
+        raise UserError(f"{option('out')} {out} is a folder; give the cache file to write, e.g. "
+                        f"{out / 'embeddings.h5'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     # one writer per cache: the leader holds the lock while every rank works (the others are its children in spirit)
     with output_lock(out, folder=False, what="cache") if ranks.leader else contextlib.nullcontext():
@@ -130,11 +139,11 @@ def _split(points) -> list[str]:
 
 def _check_options(*, batch_size: int, store_dtype: str, workers: int | None) -> None:
     if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+        raise UserError(f"{option('batch_size')} must be >= 1, got {batch_size}")
     if store_dtype not in STORE_DTYPES:
         raise UserError(f"unknown store dtype {store_dtype!r}; valid: {', '.join(STORE_DTYPES)}")
     if workers is not None and workers < 0:
-        raise UserError(f"--workers must be >= 0, got {workers}")
+        raise UserError(f"{option('workers')} must be >= 0, got {workers}")
 
 
 def _attrs(adapter: Adapter, source: DataSource, plan: dict, *, dtype: str, store_dtype: str, prompt,
@@ -318,9 +327,7 @@ def _embed(adapter, chosen, plan, inputs, store) -> dict[str, np.ndarray]:
             value = pool(point, captured[point.name], pooling, batch).cpu().numpy()
             if store == np.float16 and np.abs(value[np.isfinite(value)]).max(initial=0) > FLOAT16_MAX:
                 raise UserError(f"{point.name}/{pooling} has values beyond the float16 range; "
-                                "re-run with --store-dtype float32")
+                                f"re-run with {option('store_dtype', 'float32')}")
             arrays[f"{point.name}/{pooling}"] = value.astype(store)
     return arrays
 
-
-make_callable(__name__)  # `from medfrag_probe import extract; extract(...)` (see medfrag_probe/_callable.py)

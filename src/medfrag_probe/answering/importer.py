@@ -1,6 +1,6 @@
 """`vqa import`: answers produced elsewhere, parsed and scored exactly like `vqa`'s own.
 
-    from medfrag_probe.vqa.importer import import_answers
+    from medfrag_probe.answering.importer import import_answers
     import_answers("samples_brain.jsonl", "imagefolder:/data/brain", "brain-tumor-mri", model="llava-1.5-7b")
 
 Accepted files: JSONL, a JSON list, CSV, TSV or .xlsx (VLMEvalKit's default; first sheet). Per row:
@@ -24,12 +24,11 @@ import csv
 import hashlib
 import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 
-from .._fs import atomic_write
+from ..artifacts.answers import write_answers, write_summary
 from ..data.sources import DataSource, open_source
-from ..errors import UserError, bad_choice
+from ..errors import UserError, bad_choice, option
 from .parse import normalise, parse_class
 from .run import CONDITIONS, _record, map_classes
 from .tasks import Prompt, Task, load_task
@@ -69,13 +68,13 @@ def import_answers(file, data, task, *, out: str | Path = "probes/vqa-import", m
         raise UserError(f"{path} has no answers under the image condition")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "answers.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    write_answers(out, records)
     summary = summarise(records, task)
     summary.update(model=model or f"imported:{path.stem}", data=source.spec, task=task.name, classes=list(task.classes),
                    model_fingerprint="", data_fingerprint=source.fingerprint(), vision_fingerprint="",
                    class_map={source.classes[k]: v for k, v in class_map.items()}, imported_from=str(path),
                    prompts_added=[p.id for p in prompts.added])
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    write_summary(out, summary)
     return summary
 
 
@@ -186,7 +185,8 @@ class _SampleLocator:
         if self.by_position:
             return next((n for n in ID_FIELDS if _get(rows[0], n) is not None), "index")
         raise UserError(f"{path}: no column holds the data's sample ids (looked for {', '.join(ID_FIELDS)}); "
-                        "name one with --id-field, or use --by-position for integer positions")
+                        f"name one with {option('id_field')}, or use {option('by_position', True)} for integer "
+                        "positions")
 
     def _find(self, value) -> int | None:
         if value is None:
@@ -252,7 +252,7 @@ class _PromptMatcher:
             return self.plain[max(contained, key=len)]
         if self.kind is None:
             raise UserError(f"{where}: question {question[:60]!r} matches no prompt of task {self.task.name} and has "
-                            "no option columns; add it to the task file or give --kind yes_no|open")
+                            f"no option columns; add it to the task file or give {option('kind', 'yes_no|open')}")
         return self._new(Prompt(f"imported-{_hash(question)}", self.kind, question))
 
     def _new_choice(self, question: str, options: dict[str, str], where: str) -> Prompt:

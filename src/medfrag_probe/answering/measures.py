@@ -43,49 +43,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from ..probes.metrics import skill
-
-
-def clustered_se(values, clusters) -> float | None:
-    """Standard error of the mean of `values`, clustered by `clusters` (CR1 small-sample correction)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return None
-    _, inverse = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
-    groups = inverse.max() + 1
-    if groups < 2:
-        return None
-    sums = np.bincount(inverse, weights=values - values.mean(), minlength=groups)
-    return float(np.sqrt(groups / (groups - 1) * (sums ** 2).sum()) / len(values))
-
-
-def rate(values, clusters) -> dict:
-    """Mean of 0/1 `values` with its clustered SE and 95% interval (`wilson_clustered`)."""
-    if not len(values):
-        return {"value": None, "se": None, "ci": None, "n": 0}
-    value = float(np.mean(values))
-    se = clustered_se(values, clusters)
-    groups = len(np.unique(np.asarray(clusters).astype(str)))
-    ci = None if se is None else wilson_clustered(value, se, len(values), groups)
-    return {"value": value, "se": se, "ci": ci, "n": len(values)}
-
-
-def wilson_clustered(value: float, se: float, n: int, groups: int, level: float = 0.95) -> list[float]:
-    """Wilson score interval for a proportion from clustered samples: the effective sample size is n over the
-    design effect (clustered variance / binomial variance, at least 1; 1 when the rate is 0 or 1, where no variance
-    is seen), and the quantile is Student's t with groups - 1 degrees of freedom (Korn & Graubard, 1998). Unlike
-    value +- 1.96 SE, it does not collapse to a point at 0% or 100% and holds its level near the ends: on simulated
-    answers with patient effects (80 patients x 6 images, rate 0.95) it covers 95% where the Wald interval covers
-    93%, and at 0.99 with 40 patients x 3 images 96% where Wald covers 73% (`tests/test_vqa.py`)."""
-    from scipy.stats import t
-
-    binomial = value * (1 - value) / n
-    effect = max(1.0, se ** 2 / binomial) if binomial > 0 else 1.0
-    m = n / effect
-    q = float(t.ppf(0.5 + level / 2, max(groups - 1, 1)))
-    centre = (value + q * q / (2 * m)) / (1 + q * q / m)
-    half = q / (1 + q * q / m) * np.sqrt(value * (1 - value) / m + q * q / (4 * m * m))
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+from ..stats import abstention_credit, balanced_skill, rate
 
 
 def item_stats(records) -> dict:
@@ -149,7 +107,7 @@ def sample_probabilities(image, classes: list[str]) -> dict[str, np.ndarray]:
 
 def scored_auroc(image, classes: list[str]) -> dict:
     """AUROC of the scored answers' class probabilities (binary, or macro one-vs-rest), on the probe's scale."""
-    from ..probes.metrics import auroc
+    from ..stats import auroc
 
     probs = sample_probabilities(image, classes)
     if not probs:
@@ -347,11 +305,11 @@ def sample_votes(image, n_classes: int) -> dict[str, str]:
 
 
 def credit(labels, preds, n_classes: int) -> np.ndarray:
-    """Per-sample credit of class answers: 1 right, 0 wrong, 1/K abstained, 0 unparsed (module docstring). None
-    in `preds` means abstained."""
+    """Per-sample credit of class answers (`stats.abstention_credit`): 1 right, 0 wrong, 1/K abstained, 0 unparsed.
+    None in `preds` means abstained."""
     labels, preds = np.asarray(labels, dtype=object), np.asarray(preds, dtype=object)
     abstained = np.array([p is None or p == ABSTAINED for p in preds], dtype=bool)
-    return np.where(abstained, 1.0 / n_classes, (preds == labels).astype(float))
+    return abstention_credit(preds == labels, abstained, n_classes)
 
 
 def class_scores(labels: list[str], preds: list[str | None], classes: list[str]) -> dict:
@@ -361,12 +319,11 @@ def class_scores(labels: list[str], preds: list[str | None], classes: list[str])
     chance = 1 / len(classes)
     present = [c for c in classes if (labels == c).any()]
     recalls = [float(np.mean(preds[labels == c] == c)) for c in present]
-    gained = credit(labels, preds, len(classes))
-    credited = [float(np.mean(gained[labels == c])) for c in present]
     balanced = float(np.mean(recalls)) if recalls else None
     named = np.array([p is not None and p not in (ABSTAINED, UNPARSED) for p in preds], dtype=bool)
     return {"accuracy": float(np.mean(preds == labels)) if len(labels) else None, "balanced_accuracy": balanced,
-            "skill": float(skill(np.mean(credited), chance)) if credited else None, "chance": chance,
+            "skill": balanced_skill(credit(labels, preds, len(classes)), labels, len(classes)) if present else None,
+            "chance": chance,
             "answered_rate": float(np.mean(named)) if len(preds) else None,
             "abstained_rate": float(np.mean([p is None or p == ABSTAINED for p in preds])) if len(preds) else None,
             "unparsed_rate": float(np.mean([p == UNPARSED for p in preds])) if len(preds) else None,

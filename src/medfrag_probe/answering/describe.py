@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -83,7 +82,7 @@ class _Encoder:
     def __init__(self, target: str, *, device: str):
         import transformers
 
-        from ..models.loading import resolve_device
+        from ..devices import resolve_device
 
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(target)
         self.lm = transformers.AutoModel.from_pretrained(target).eval().to(resolve_device(device))
@@ -113,26 +112,22 @@ def _mean_states(model, tokenizer, texts: list[str], batch_size: int = 16) -> np
 
 
 def _probe(by_prompt, embed, *, source, task, method, out, seed, device) -> dict:
-    from ..probes.run import probe
+    from ..cache import write_embeddings
+    from ..probes import probe
 
     names = list(task.classes)
     first = next(iter(by_prompt.values()))
     ids = [r.sample_id for r in first]
-    cache = out / "descriptions.h5"
-    with h5py.File(cache.with_suffix(".tmp"), "w") as fh:
-        fh.attrs.update(model=f"{getattr(embed, 'name', method)} (descriptions)", data=source.spec,
-                        describe_with=method, task=task.name)
-        string = h5py.string_dtype()
-        fh.create_dataset("classes", data=np.array(names, dtype=object), dtype=string)
-        fh.create_dataset("samples/id", data=np.array(ids, dtype=object), dtype=string)
-        fh.create_dataset("samples/label", data=np.array([names.index(r.label) for r in first]))
-        fh.create_dataset("samples/group", data=np.array([r.group for r in first], dtype=object), dtype=string)
-        fh.create_dataset("samples/split", data=np.array([r.split for r in first], dtype=object), dtype=string)
-        for prompt_id, rs in by_prompt.items():
-            if [r.sample_id for r in rs] != ids:
-                raise RuntimeError(f"description prompt {prompt_id} covers other samples than {first[0].prompt_id}")
-            fh.create_dataset(f"emb/description.{prompt_id}/mean", data=embed([r.response for r in rs]))
-    cache.with_suffix(".tmp").replace(cache)
+    for prompt_id, rs in by_prompt.items():
+        if [r.sample_id for r in rs] != ids:
+            raise RuntimeError(f"description prompt {prompt_id} covers other samples than {first[0].prompt_id}")
+    cache = write_embeddings(
+        out / "descriptions.h5", ids=ids, labels=[names.index(r.label) for r in first], classes=names,
+        groups=[r.group for r in first], splits=[r.split for r in first],
+        embeddings={f"description.{prompt_id}/mean": embed([r.response for r in rs])
+                    for prompt_id, rs in by_prompt.items()},
+        attrs={"model": f"{getattr(embed, 'name', method)} (descriptions)", "data": source.spec,
+               "describe_with": method, "task": task.name})
     results = probe([cache], probes=("linear",), out=out, seed=seed, device=device, figures=False)
     from ..probes.select import inner_score
 
@@ -148,7 +143,7 @@ def _llm(by_prompt, *, task, target, out, device) -> dict:
     """Zero-shot diagnosis by a text-only LLM from each description; scored like class-level VQA answers."""
     import transformers
 
-    from ..models.loading import resolve_device
+    from ..devices import resolve_device
     from .measures import class_scores
     from .parse import parse_option
 

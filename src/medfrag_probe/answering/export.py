@@ -1,7 +1,7 @@
 """`vqa export`: a task with its data, written for other evaluation harnesses, so their models (vLLM, API models,
 sharded big models) can answer; `vqa import` then scores those answers with this package's parser and measures.
 
-    from medfrag_probe.vqa.export import export_task
+    from medfrag_probe.answering.export import export_task
     export_task("imagefolder:/data/brain", "brain-tumor-mri", "exports/brain", split="test")
 
 Writes under `out`:

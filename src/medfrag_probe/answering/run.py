@@ -1,6 +1,6 @@
 """`vqa`: ask a VLM every prompt of a task about every image, under controls, and score the answers.
 
-    from medfrag_probe.vqa import vqa
+    from medfrag_probe.answering import vqa
     summary = vqa("tiny:llava", "synth:brain-mri?n=64", "synth-brain-mri", conditions=("image", "no-image"))
     summary["conditions"]["image"]["accuracy"]
 
@@ -23,18 +23,19 @@ import json
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .._fs import atomic_write, output_lock, remove_stale_tmp
+from .._fs import atomic_write, output_lock, read_stamp, remove_stale_tmp, stamp_differences, write_stamp
 from .._log import info, is_quiet
 from .._provenance import device_info, versions
+from ..artifacts.answers import ANSWERS, SUMMARY, VQARecord, read_answers, read_summary, write_answers, write_summary
 from ..data.images import ImageError
 from ..data.sources import DataSource, decode_hint, open_source
-from ..errors import UserError, bad_choice
+from ..errors import UserError, bad_choice, option
 from .parse import Parsed, parse_class, parse_option, parse_yes_no
 from .tasks import Prompt, Task, resolve_task
 
@@ -44,33 +45,6 @@ SCORED_KINDS = ("yes_no", "multiple_choice")  # closed questions: their options 
 SHARED = ("no-image", "blank")  # conditions whose input does not depend on the sample
 CHUNK = 64  # work items per part file; fixed, so a resumed run finds the same grid whatever the batch size
 BLANK_GREY = (128, 128, 128)
-
-
-@dataclass(frozen=True)
-class VQARecord:
-    """One answer: a sample, a prompt, a condition, the raw response and how it was scored."""
-
-    sample_id: str
-    prompt_id: str
-    condition: str
-    response: str
-    parsed: str | None
-    correct: bool | None
-    refused: bool
-    answer_kind: str
-    kind: str
-    expected: str | None
-    class_pred: str | None
-    label: str
-    group: str
-    split: str
-    paraphrase: str = ""  # paraphrase group of the prompt ("" when none)
-    negated: bool = False  # the prompt is a negation: its expected answer is inverted
-    swap_id: str = ""
-    swap_label: str = ""
-    swap_expected: str | None = None
-    option_probs: dict | None = None  # scored mode: probability of each option (yes/no, or option letters)
-    class_probs: dict | None = None  # scored mode: the same mass per task class, where the options name classes
 
 
 @dataclass(frozen=True)
@@ -96,7 +70,8 @@ def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Pa
     option's first answer token after the chat template (a constrained choice: no generation, no parsing); open
     questions and descriptions are still generated. Each scored record carries `option_probs`.
     """
-    from ..models.loading import load_adapter, resolve_device
+    from ..devices import resolve_device
+    from ..models.loading import load_adapter
 
     conditions = check_conditions(conditions)
     if answer_mode not in ANSWER_MODES:
@@ -126,7 +101,7 @@ def vqa(model, data, task, *, conditions=("image",), prompts=None, out: str | Pa
                          max_new_tokens=max_new_tokens, describe_tokens=describe_tokens,
                          **({"answer_mode": answer_mode} if answer_mode != "generate" else {}))
     if out.is_file():
-        raise UserError(f"--out {out} is a file; vqa writes a folder (answers.jsonl, summary.json)")
+        raise UserError(f"{option('out')} {out} is a file; vqa writes a folder (answers.jsonl, summary.json)")
     with output_lock(out, folder=True, what="VQA folder"):
         remove_stale_tmp(out)
         remove_stale_tmp(out / ".parts")
@@ -269,35 +244,31 @@ def _start(out: Path, identity: dict, *, overwrite: bool, rows: dict[str, int]) 
     """The parts folder for this run: resumed when its identity matches, refused when it does not."""
     parts = out / ".parts"
     meta = parts / "identity.json"
-    finished = out / "summary.json"
-    previous = None
-    if meta.is_file():
-        previous = json.loads(meta.read_text())
-    elif finished.is_file():
-        previous = json.loads(finished.read_text()).get("identity")
+    finished = out / SUMMARY
+    previous = read_stamp(meta)
+    if previous is None and finished.is_file():
+        previous = read_summary(out).get("identity")
     if previous is not None and previous != identity and not overwrite:
-        diff = sorted(k for k in identity if previous.get(k) != identity[k])
+        diff = stamp_differences(previous, identity)
         raise UserError(f"{out} holds answers of a different run ({', '.join(diff)} differ); "
-                        "use --overwrite to replace them or --out to write elsewhere")
+                        f"use {option('overwrite', True)} to replace them or {option('out')} to write elsewhere")
     if previous != identity or overwrite:
         shutil.rmtree(parts, ignore_errors=True)
     elif finished.is_file() and not meta.is_file():
         _restore_parts(out, parts, rows)
     parts.mkdir(parents=True, exist_ok=True)
-    atomic_write(meta, json.dumps(identity, sort_keys=True))
+    write_stamp(meta, identity)
     return parts
 
 
 def _restore_parts(out: Path, parts: Path, rows: dict[str, int]) -> None:
     """A finished run asked again with nothing changed: its answers become the parts, so nothing is generated."""
     parts.mkdir(parents=True, exist_ok=True)
-    answers = out / "answers.jsonl"
     restored = {}
-    for line in answers.read_text().splitlines() if answers.is_file() else []:
-        rec = json.loads(line)
-        sample = -1 if rec["condition"] in SHARED else rows[rec["sample_id"]]
-        restored[item_key(rec["condition"], rec["prompt_id"], sample)] = {
-            "response": rec["response"], **({"option_probs": rec["option_probs"]} if rec.get("option_probs") else {})}
+    for rec in read_answers(out) if (out / ANSWERS).is_file() else []:
+        sample = -1 if rec.condition in SHARED else rows[rec.sample_id]
+        restored[item_key(rec.condition, rec.prompt_id, sample)] = {
+            "response": rec.response, **({"option_probs": rec.option_probs} if rec.option_probs else {})}
     atomic_write(parts / "restored.jsonl", "".join(json.dumps({"key": k, **v}) + "\n" for k, v in restored.items()))
 
 
@@ -565,7 +536,7 @@ def _finish(records, *, out, parts, task, source, adapter, identity, seconds, de
     """Write answers.jsonl, run the description pipeline, write summary.json, drop the parts."""
     from .measures import summarise
 
-    atomic_write(out / "answers.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    write_answers(out, records)
     summary = summarise(records, task)
     summary.update(model=adapter.spec, data=source.spec, task=task.name, classes=list(task.classes),
                    model_fingerprint=identity["model_fingerprint"], data_fingerprint=identity["data_fingerprint"],
@@ -578,7 +549,7 @@ def _finish(records, *, out, parts, task, source, adapter, identity, seconds, de
         summary["description"] = classify_descriptions(records, source=source, task=task, adapter=adapter,
                                                        method=describe_with, out=out / "description", seed=seed,
                                                        device=device)
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    write_summary(out, summary)
     shutil.rmtree(parts, ignore_errors=True)
     info(f"vqa {adapter.spec} on {source.spec}: {headline(summary)}; wrote {out / 'answers.jsonl'}")
     return summary

@@ -1,0 +1,7 @@
+"""End-to-end answers of VLMs: prompts, generation under controls, parsing, robustness measures, import.
+
+The command is `medfrag_probe.vqa` (this package's `run.vqa`)."""
+
+from .run import CONDITIONS, vqa
+
+__all__ = ["CONDITIONS", "vqa"]

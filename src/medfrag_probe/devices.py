@@ -1,0 +1,20 @@
+"""The one device resolver: every stage turns a device name into a `torch.device` here."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present; anything else must be a device torch knows and has."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but no CUDA device is available; valid here: auto, cpu")
+    return resolved
