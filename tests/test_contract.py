@@ -293,3 +293,13 @@ def test_the_library_validates_what_the_command_line_validates(tmp_path):
         probe([tmp_path / "missing.h5"], replicates=5)
     with pytest.raises(UserError, match="seen_skill must lie in"):
         bridge(tmp_path, tmp_path, seen_skill=2.0)
+
+
+def test_the_one_slugifier_names_files_as_each_stage_always_has():
+    from medfrag_probe.extraction import slug
+    from medfrag_probe.specs import safe_name
+
+    assert safe_name("hf:/ckpt/llava 1.5?x=1") == "hf--ckpt-llava-1.5-x-1"
+    assert safe_name("--a::b__", keep="-.", limit=3) == "a--"
+    assert safe_name("synth:brain-mri?n=200", keep=".", collapse=True) == "synth-brain-mri-n-200"
+    assert slug("synth:brain-mri?n=200").startswith("synth-brain-mri-n-200-")  # the default cache file name

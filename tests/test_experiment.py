@@ -80,7 +80,7 @@ def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch):
 
     import medfrag_probe.answering.run as vqa_run
 
-    real = vqa_run._generate_all
+    real = vqa_run.generate_all
     calls = {"n": 0}
 
     def dies_on_third(*args, **kwargs):
@@ -89,7 +89,7 @@ def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch):
             raise _Killed()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vqa_run, "_generate_all", dies_on_third)
+    monkeypatch.setattr(vqa_run, "generate_all", dies_on_third)
     with pytest.raises(_Killed):
         run(config, out=tmp_path / "killed")
     monkeypatch.undo()

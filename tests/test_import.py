@@ -143,7 +143,7 @@ def test_vlmevalkit_round_trip_through_an_xlsx_prediction_file(tmp_path):
 
     openpyxl = pytest.importorskip("openpyxl")
     from medfrag_probe.answering.export import export_task
-    from medfrag_probe.answering.run import map_classes
+    from medfrag_probe.answering.plan import map_classes
     from medfrag_probe.answering.tasks import load_task
 
     data = "synth:brain-mri?n=24"
@@ -190,7 +190,7 @@ def test_lmms_eval_round_trip_through_logged_samples(tmp_path):
     import yaml
 
     from medfrag_probe.answering.export import export_task
-    from medfrag_probe.answering.run import map_classes
+    from medfrag_probe.answering.plan import map_classes
     from medfrag_probe.answering.tasks import load_task
 
     data = "synth:chest-xray?n=20"

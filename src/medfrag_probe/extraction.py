@@ -48,6 +48,7 @@ from .models.base import STAGES, Adapter, Point
 from .models.hooks import run_traced, trace
 from .models.loading import load_adapter
 from .pooling import plan_poolings, pool
+from .specs import safe_name
 
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -75,7 +76,7 @@ def slug(spec: str) -> str:
     kind, _, rest = spec.partition(":")
     target, _, query = rest.partition("?")
     base = Path(target.rstrip("/")).name if ("/" in target and Path(target).expanduser().exists()) else target
-    text = re.sub(r"[^A-Za-z0-9.]+", "-", f"{kind}-{base}-{query}" if rest else spec).strip("-")[:60]
+    text = safe_name(f"{kind}-{base}-{query}" if rest else spec, keep=".", collapse=True, limit=60)
     return f"{text}-{hashlib.sha1(spec.encode()).hexdigest()[:6]}"
 
 

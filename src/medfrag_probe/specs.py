@@ -45,3 +45,18 @@ def parse_spec(text: str, *, kinds: set[str], what: str) -> Spec:
     target, _, query = rest.partition("?")
     params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if query else {}
     return Spec(kind=kind, target=target, params=params, text=text)
+
+
+def safe_name(text: str, *, keep: str = "-._", collapse: bool = False, limit: int | None = None) -> str:
+    """`text` as a file-name-safe name: every character other than a letter, a digit or one of `keep` becomes `-`
+    (with `collapse`, letters and digits are ASCII only and a run of replaced characters becomes one `-`), then
+    leading and trailing `-` go and the name is cut to `limit` characters. The one slugifier: cache files, study
+    unit labels and bridge sample tables are all named through it."""
+    out: list[str] = []
+    for ch in text:
+        if (ch.isascii() if collapse else True) and ch.isalnum() or ch in keep:
+            out.append(ch)
+        elif not (collapse and out and out[-1] == "-"):
+            out.append("-")
+    name = "".join(out).strip("-")
+    return name[:limit] if limit else name

@@ -2,6 +2,7 @@
 
 The command is `medfrag_probe.vqa` (this package's `run.vqa`)."""
 
-from .run import CONDITIONS, vqa
+from .plan import CONDITIONS
+from .run import vqa
 
 __all__ = ["CONDITIONS", "vqa"]

@@ -31,7 +31,7 @@ from .._log import info
 from ..data.images import ImageError
 from ..data.sources import DataSource, open_source
 from ..errors import UserError
-from .run import map_classes, plan_items, select_prompts, select_samples
+from .plan import map_classes, plan_items, select_prompts, select_samples
 from .tasks import resolve_task
 
 KINDS = ("yes_no", "multiple_choice", "open")

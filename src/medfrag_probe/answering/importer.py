@@ -30,7 +30,8 @@ from ..artifacts.answers import write_answers, write_summary
 from ..data.sources import DataSource, open_source
 from ..errors import UserError, bad_choice, option
 from .parse import normalise, parse_class
-from .run import CONDITIONS, _record, map_classes
+from .plan import CONDITIONS, map_classes
+from .scoring import score_record
 from .tasks import Prompt, Task, load_task
 
 ID_FIELDS = ("sample_id", "doc.sample_id", "id", "image_id", "image", "image_path", "doc.id", "doc.image_id",
@@ -63,7 +64,8 @@ def import_answers(file, data, task, *, out: str | Path = "probes/vqa-import", m
         cond = str(_get(row, "condition") or condition)
         if cond not in ("image", "no-image", "blank"):
             raise UserError(f"{where}: condition {cond!r} cannot be imported; valid: image, no-image, blank")
-        records.append(_record(task, source, class_map, prompt, cond, locate(row, where), _response(row, where), {}))
+        records.append(score_record(task, source, class_map, prompt, cond, locate(row, where), _response(row, where),
+                                    {}))
     if not any(r.condition == "image" for r in records):
         raise UserError(f"{path} has no answers under the image condition")
     out = Path(out)

@@ -59,6 +59,7 @@ from ..errors import UserError
 from ..points import is_language, point_order, stage_of
 from ..probes.metrics import record_inflation
 from ..probes.select import pick
+from ..specs import safe_name
 from ..stats import auroc
 from .join import MISSING_CODES, Joined, join, match_results, reads_result, select_best
 from .scores import decide, mcnemar, paired_deltas, paired_skills
@@ -161,7 +162,7 @@ def _auroc(pred: Predictions, joint: Joined) -> float | None:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in text).strip("-")[:80]
+    return safe_name(text, keep="-.", limit=80)
 
 
 def _pooling(best_points: dict) -> str:

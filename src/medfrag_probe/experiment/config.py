@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .._yaml import configs_dir, locate, read
 from ..errors import UserError
+from ..specs import safe_name
 
 TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
             "replicates", "permutations", "controls", "seeds", "extract", "vqa", "bridge", "sweep")
@@ -227,7 +228,7 @@ def _model(entry, path, index: int) -> ModelEntry:
 def _label(spec: str) -> str:
     text = spec.split("?")[0].rstrip("/")
     text = text.split("/")[-1] if text.startswith(("hf:/", "hf:.", "open_clip:local-dir:")) else text
-    return "".join(c if c.isalnum() or c in "-._" else "-" for c in text).strip("-")
+    return safe_name(text)
 
 
 def _task(entry, path, index: int) -> TaskEntry:
@@ -269,7 +270,7 @@ def _check_extract(extract: dict, path) -> dict:
 
 
 def _check_vqa(vqa: dict, path) -> None:
-    from ..answering.run import check_conditions
+    from ..answering.plan import check_conditions
 
     try:
         if "conditions" in vqa:
