@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._fs import atomic_write
 from ..errors import UserError
 
 
@@ -82,6 +83,10 @@ class StudyLayout:
             if found:
                 return found
         return []
+
+    def write_run(self, record: dict) -> None:
+        """`run.json`, replaced atomically."""
+        atomic_write(self.run_record, json.dumps(record, indent=1))
 
     def read_run(self) -> dict:
         """`run.json`: a clear error when the folder is not a study."""

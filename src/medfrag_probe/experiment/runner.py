@@ -17,7 +17,6 @@ Layout under `out`: `cache/` (embeddings), `probes/seed-S/MODEL__TASK/`, `vqa/MO
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from .._fs import atomic_write, output_lock, read_stamp, remove_stale_tmp, stamp_differences, write_stamp
+from .._fs import output_lock, read_stamp, remove_stale_tmp, stamp_differences, write_stamp
 from .._log import info, warn
 from .._provenance import device_info, versions
 from ..artifacts.answers import SUMMARY
@@ -295,7 +294,7 @@ def _bridge(units: list[Unit], config: Config, layout: StudyLayout, stamps: _Sta
     if not vqa_dirs:
         return
     stamp_files = [*stamps.folder.glob("vqa__*.json"), *stamps.folder.glob(f"probe__*__seed{seed}.json")]
-    upstream = {p.name: json.loads(p.read_text()) for p in sorted(stamp_files)}
+    upstream = {p.name: read_stamp(p) for p in sorted(stamp_files)}
     label_to_spec = {m.label: m.spec for m in config.models}
     pairs = [(label_to_spec[a], label_to_spec[b]) for a, b in config.pairs]
     identity = {"upstream": config.digest(upstream), "bridge": config.bridge, "pairs": pairs,
@@ -315,7 +314,7 @@ def _bridge(units: list[Unit], config: Config, layout: StudyLayout, stamps: _Sta
 
 
 def _write_run(layout: StudyLayout, config: Config, units: list[Unit], log: list, *, seconds: float) -> None:
-    previous = json.loads(layout.run_record.read_text()) if layout.run_record.is_file() else {}
+    previous = layout.read_run() if layout.run_record.is_file() else {}
     record = {"name": config.name, "config": config.path, "finished": datetime.now(timezone.utc).isoformat(
               timespec="seconds"), "seconds": round(seconds, 2), "stages": log,
               "history": (previous.get("history", []) + [{"finished": previous.get("finished"),
@@ -324,7 +323,7 @@ def _write_run(layout: StudyLayout, config: Config, units: list[Unit], log: list
               "units": [{"key": u.key, "model": u.model.spec, "label": u.model.label, "task": u.task.task,
                          "task_label": u.task.label, "data": u.data, "variant": u.variant} for u in units],
               "versions": versions(), "device": device_info(config.extract.get("device", "cpu"))}
-    atomic_write(layout.run_record, json.dumps(record, indent=1))
+    layout.write_run(record)
 
 
 def check_output_folder(out: Path) -> None:
