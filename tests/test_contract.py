@@ -303,3 +303,21 @@ def test_the_one_slugifier_names_files_as_each_stage_always_has():
     assert safe_name("--a::b__", keep="-.", limit=3) == "a--"
     assert safe_name("synth:brain-mri?n=200", keep=".", collapse=True) == "synth-brain-mri-n-200"
     assert slug("synth:brain-mri?n=200").startswith("synth-brain-mri-n-200-")  # the default cache file name
+
+
+def test_the_slugifier_equals_the_three_it_replaced_on_random_strings():
+    import random
+    import re
+    import string
+
+    from medfrag_probe.specs import safe_name
+
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.digits + "-._/:?=&é ü+@"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
+        assert safe_name(text, keep="-.", limit=80) == "".join(
+            c if c.isalnum() or c in "-." else "-" for c in text).strip("-")[:80]  # bridge sample tables
+        assert safe_name(text) == "".join(c if c.isalnum() or c in "-._" else "-" for c in text).strip("-")  # labels
+        assert safe_name(text, keep=".", collapse=True, limit=60) == re.sub(r"[^A-Za-z0-9.]+", "-", text).strip(
+            "-")[:60]  # default cache file names
