@@ -6,7 +6,7 @@ import inspect
 
 import medfrag_probe
 
-COMMANDS = ("extract", "probe", "vqa", "import_answers", "bridge", "run", "report")
+COMMANDS = ("extract", "probe", "vqa", "import_answers", "intervene", "bridge", "run", "report")
 
 
 def test_every_exported_name_is_usable_and_commands_are_functions():
@@ -18,8 +18,9 @@ def test_every_exported_name_is_usable_and_commands_are_functions():
 
 def test_commands_show_their_real_signatures():
     expected = {"extract": ("model", "data", "points", "poolings", "out"), "probe": ("caches", "points", "folds"),
-                "vqa": ("model", "data", "task", "out"), "bridge": ("probes", "vqa", "out", "seen_skill"),
-                "run": ("config",), "report": ("folder",)}
+                "vqa": ("model", "data", "task", "out"),
+                "bridge": ("probes", "vqa", "out", "seen_skill", "interventions"),
+                "intervene": ("model", "data", "task", "probes", "out"), "run": ("config",), "report": ("folder",)}
     for name, params in expected.items():
         shown = inspect.signature(getattr(medfrag_probe, name)).parameters
         assert set(params) <= set(shown), (name, list(shown))

@@ -45,7 +45,7 @@ def _outputs(out) -> dict:
 def test_a_second_run_does_no_model_work_and_changing_one_model_redoes_only_its_part(tmp_path, monkeypatch, capsys):
     config = _write(tmp_path, SMALL)
     first = run(config, out=tmp_path / "out")
-    assert first["model_work"] == 2 * 2 * 2  # extract + vqa for 2 models x 2 tasks
+    assert first["model_work"] == 2 * 2 * 3  # extract + vqa + intervene for 2 models x 2 tasks
     before = _outputs(tmp_path / "out")
 
     import medfrag_probe.models.loading as loading
@@ -66,7 +66,9 @@ def test_a_second_run_does_no_model_work_and_changing_one_model_redoes_only_its_
     ran = {(e["stage"], e["unit"].split(" ")[0]) for e in third["stages"] if e["status"] == "ran"}
     assert ran == {("extract", "llava-med__synth-brain-mri"), ("extract", "llava-med__synth-histology"),
                    ("probe", "llava-med__synth-brain-mri"), ("probe", "llava-med__synth-histology"),
-                   ("vqa", "llava-med__synth-brain-mri"), ("vqa", "llava-med__synth-histology"), ("bridge", "seed")}
+                   ("vqa", "llava-med__synth-brain-mri"), ("vqa", "llava-med__synth-histology"),
+                   ("intervene", "llava-med__synth-brain-mri"), ("intervene", "llava-med__synth-histology"),
+                   ("bridge", "seed")}
 
 
 class _Killed(Exception):
@@ -184,14 +186,19 @@ def test_the_ci_demo_runs_every_stage_end_to_end(tmp_path, capsys):
     assert exit_info.value.code == 0
     assert f"open {(out / 'report.html').resolve()}" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "bridge" / "seed-0" / "bridge.jsonl").read_text().splitlines()]
-    assert len(records) == 16 and {r["verdict"] for r in records} <= set(VERDICTS)
+    assert len(records) == 16 + 4 and {r["verdict"] for r in records} <= set(VERDICTS)
+    assert all(r["causal_effect"] is not None and r["causal_note"] for r in records)  # every VLM's causal check
+    organisms = {r["model"]: r for r in records if "organism" in r["model"]}
+    assert organisms["tiny:organism-sound"]["uses_probed_signal"] is True
+    assert organisms["tiny:organism-reasoning"]["verdict"] == "reasoning-limited"
+    assert organisms["tiny:organism-vision"]["verdict"] == "vision-limited"
     pairs = [json.loads(line) for line in (out / "bridge" / "seed-0" / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 8
     # the LLaVA pair shares its tower (as LLaVA and LLaVA-Med do); the Gemma pair does not
     assert {p["identical_vision_tower"] for p in pairs if p["generalist"] == "tiny:llava"} == {True}
     assert {p["identical_vision_tower"] for p in pairs if p["generalist"] == "tiny:gemma3"} == {False}
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 + 16 + 1
+    assert page.count("data:image/png;base64,") == 3 + 20 + 1
 
 
 ONE = {"models": [{"spec": "tiny:llava", "label": "llava"}],

@@ -310,6 +310,53 @@ def test_scored_choice_equals_constrained_greedy_generation(arch):
         assert all(abs(sum(s) - 1) < 1e-5 for s in scores)
 
 
+@pytest.mark.parametrize("arch", TINY_VLMS)
+def test_scored_options_follow_their_second_token_where_first_tokens_collide(arch):
+    """A form whose first token also begins other forms (the tiny tokenizer writes " C" as a bare space then "C")
+    is scored P(t1) P(t2 | t1); the reference is HF's own generate, forced to t1, reading its second-step scores."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from medfrag_probe.models.loading import load_adapter
+
+    class Force(LogitsProcessor):
+        def __init__(self, token, at):
+            self.token, self.at = token, at
+
+        def __call__(self, ids, scores):
+            if ids.shape[1] == self.at:
+                scores = torch.full_like(scores, float("-inf"))
+                scores[:, self.token] = 0
+            return scores
+
+    adapter = load_adapter(f"tiny:{arch}", lm=True, device="cpu")
+    source = open_source("synth:brain-mri?n=3")
+    images = [source.image(i) for i in range(3)]
+    options = ["A", "B", "C", "D"]
+    inputs = adapter.chat_inputs(["Which?\nA. glioma\nB. meningioma\nC. none\nD. pituitary" + " " * i
+                                  for i in range(3)], images)
+    scores = np.array(adapter.option_scores(inputs, [options] * 3))
+    with torch.inference_mode():
+        logits = adapter.model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, -1].float()
+    first = torch.softmax(logits, -1)
+    tokenizer = adapter.processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    expected = np.zeros((3, 4))
+    for k, option in enumerate(options):
+        for seq in adapter.option_sequences(option):
+            row = adapter._shared_first(seq[0], [adapter.option_sequences(o) for o in options])
+            p = first[:, seq[0]].numpy().astype(float)
+            if len(seq) > 1 and row:
+                out = adapter.model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=pad,
+                                             output_scores=True, return_dict_in_generate=True,
+                                             logits_processor=LogitsProcessorList(
+                                                 [Force(seq[0], inputs["input_ids"].shape[1])]))
+                p = p * torch.softmax(out.scores[1].float(), -1)[:, seq[1]].numpy()
+            expected[:, k] += p
+    expected /= expected.sum(1, keepdims=True)
+    assert np.allclose(scores, expected, atol=2e-4)
+
+
 def test_scored_mode_writes_option_probabilities_and_a_vqa_auroc(tmp_path):
     source = open_source("synth:chest-xray?n=24")
     summary = vqa("tiny:llava", source, "synth-chest-xray", prompts="yes_no,multiple_choice", out=tmp_path,

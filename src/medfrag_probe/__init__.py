@@ -2,7 +2,7 @@
 
 Every command is also a library function of the same name::
 
-    from medfrag_probe import extract, probe, vqa, bridge, run, report
+    from medfrag_probe import extract, probe, vqa, intervene, bridge, run, report
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["EmbeddingCache", "UserError", "extract", "load_adapter", "open_source", "probe", "vqa", "import_answers",
-           "export_task", "bridge", "run", "report", "load_config", "results_frame", "list_models", "list_tasks",
-           "list_experiments", "__version__"]
+           "export_task", "intervene", "bridge", "run", "report", "load_config", "results_frame", "list_models",
+           "list_tasks", "list_experiments", "__version__"]
 
 # name -> module holding it, imported on first use so that `--help` and `--version` stay fast. Commands are plain
 # functions: `inspect.signature(medfrag_probe.extract)` shows their parameters.
 _LAZY = {"EmbeddingCache": "cache", "load_adapter": "models.loading", "open_source": "data.sources",
          "UserError": "errors", "extract": "extraction", "probe": "probes.run", "vqa": "answering.run",
-         "import_answers": "answering.importer", "bridge": "attribution.core", "run": "experiment.runner",
+         "import_answers": "answering.importer", "bridge": "attribution.core",
+         "intervene": "intervention", "run": "experiment.runner",
          "report": "experiment.report", "load_config": "experiment.config", "results_frame": "frames",
          "export_task": "answering.export", "list_models": "catalog", "list_tasks": "catalog",
          "list_experiments": "catalog"}

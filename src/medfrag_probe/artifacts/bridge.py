@@ -70,6 +70,15 @@ class BridgeRecord(Record):
     vision_fingerprint: str = ""
     data_fingerprint: str = ""
     samples: str = ""
+    # joined from `intervene` (`bridge(..., interventions=...)`); None without it
+    causal_effect: float | None = None
+    causal_ci: list | None = None
+    random_effect: float | None = None
+    random_ci: list | None = None
+    patch_follow_rate: float | None = None
+    patch_follow_ci: list | None = None
+    uses_probed_signal: bool | None = None
+    causal_note: str = ""
 
 
 def write_bridge(out: str | Path, records: list[BridgeRecord], pairs: list[dict]) -> None:

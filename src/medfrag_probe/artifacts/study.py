@@ -72,6 +72,9 @@ class StudyLayout:
     def vqa(self, unit: str) -> Path:
         return self.root / "vqa" / unit
 
+    def interventions(self, unit: str) -> Path:
+        return self.root / "interventions" / unit
+
     def bridge(self, seed: int) -> Path:
         return self.root / "bridge" / f"seed-{seed}"
 

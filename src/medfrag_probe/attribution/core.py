@@ -45,6 +45,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ from .._log import info
 from ..answering.measures import sample_votes
 from ..artifacts.answers import VQARun, find_runs
 from ..artifacts.bridge import SAMPLES, BridgeRecord, write_bridge
+from ..artifacts.interventions import find_interventions
 from ..artifacts.probes import Predictions, ProbeResult, find_results, read_predictions
 from ..errors import UserError
 from ..points import is_language, point_order, stage_of
@@ -70,12 +72,14 @@ REPLICATES = 1000
 
 def bridge(probes, vqa, *, out: str | Path = "probes/bridge", probe: str = "linear", seen_skill: float = 0.5,
            min_gap: float = 0.05, pairs=(), order=None, replicates: int = REPLICATES,
-           figures: bool = True) -> list[dict]:
+           figures: bool = True, interventions=None) -> list[dict]:
     """Join probe results and VQA answers; write bridge.jsonl, stages.csv, pairs.jsonl and figures under `out`;
     return the bridge records as dicts.
 
     `probes` / `vqa`: a folder or a list of folders. `pairs`: (generalist, medical) model specs compared per data.
-    `order`: data specs in ladder order (default: order of first appearance).
+    `order`: data specs in ladder order (default: order of first appearance). `interventions`: folder(s) of
+    `intervene` outputs; each record of the same model and data gains `causal_effect`, `causal_ci`,
+    `patch_follow_rate`, `uses_probed_signal` and `causal_note` (does the answer depend on the probed signal?).
     """
     if not 0 <= seen_skill <= 1 or not -1 <= min_gap <= 1:
         raise UserError(f"seen_skill must lie in [0, 1] and min_gap in [-1, 1]; got {seen_skill} and {min_gap}")
@@ -83,6 +87,7 @@ def bridge(probes, vqa, *, out: str | Path = "probes/bridge", probe: str = "line
         raise UserError(f"replicates must be >= 10, got {replicates}")
     runs = find_runs(vqa)
     results = find_results(probes)
+    causal = find_interventions(interventions) if interventions is not None else []
     out = Path(out)
     (out / SAMPLES).mkdir(parents=True, exist_ok=True)
     rule = {"seen_skill": seen_skill, "min_gap": min_gap, "probe": probe, "replicates": replicates}
@@ -93,6 +98,7 @@ def bridge(probes, vqa, *, out: str | Path = "probes/bridge", probe: str = "line
             info(f"bridge: no {probe} probe results for {run.summary['model']} on {run.summary['data']}; skipped")
             continue
         record, joint = _bridge_one(run, matched, out=out, rule=rule)
+        record = _with_intervention(record, causal)
         records.append(record)
         joined[(record.model, record.data)] = joint
         info(f"bridge {record.model} on {record.data}: probe skill {record.probe_skill:.3f}, VQA skill "
@@ -107,6 +113,23 @@ def bridge(probes, vqa, *, out: str | Path = "probes/bridge", probe: str = "line
 
         bridge_figures([r.record() for r in records], out, order=order)
     return [r.record() for r in records]
+
+
+def _with_intervention(record: BridgeRecord, found: list) -> BridgeRecord:
+    """The record with the causal check of the same model and data joined (fingerprints, else specs)."""
+    def same(a: str, b: str, spec_a: str, spec_b: str) -> bool:
+        return a == b if a and b else spec_a == spec_b
+
+    for r in found:
+        if same(r.model_fingerprint, record.model_fingerprint, r.model, record.model) and \
+                same(r.data_fingerprint, record.data_fingerprint, r.data, record.data):
+            return replace(record, causal_effect=r.causal_effect, causal_ci=r.causal_ci,
+                           random_effect=r.random_effect, random_ci=r.random_ci,
+                           patch_follow_rate=r.patch_follow_rate, patch_follow_ci=r.patch_follow_ci,
+                           uses_probed_signal=r.uses_probed_signal, causal_note=r.conclusion)
+    if found:
+        info(f"bridge: no intervention results for {record.model} on {record.data}")
+    return record
 
 
 def _fmt(ci) -> str:

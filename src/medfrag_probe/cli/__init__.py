@@ -10,7 +10,17 @@ import typer
 from .. import __version__
 from .._log import set_level
 from ..errors import UserError
-from . import bridge_cmd, cache_cmd, extract_cmd, models_cmd, probe_cmd, study_cmd, synth_cmd, vqa_cmd
+from . import (
+    bridge_cmd,
+    cache_cmd,
+    extract_cmd,
+    intervene_cmd,
+    models_cmd,
+    probe_cmd,
+    study_cmd,
+    synth_cmd,
+    vqa_cmd,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Find whether a vision-language model fails in what it sees or in what it does with it.")
@@ -39,6 +49,7 @@ extract_cmd.register(app)
 synth_cmd.register(app)
 probe_cmd.register(app)
 app.add_typer(vqa_cmd.app, name="vqa")
+intervene_cmd.register(app)
 bridge_cmd.register(app)
 study_cmd.register(app)
 app.add_typer(cache_cmd.app, name="cache")

@@ -25,6 +25,8 @@ def bridge_command(
                                                       "more pairs).")] = None,
     order: Annotated[Optional[str], typer.Option(help="Data specs in ladder order, comma-separated.")] = None,
     replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
+    interventions: Annotated[Optional[list[Path]], typer.Option(help="`intervene` output folder(s): join the "
+                                                                "causal check to each verdict.")] = None,
 ) -> None:
     """Probe skill vs VQA skill per model and data: gap with paired CI, McNemar, verdict, stage curve, figures."""
     from ..attribution import bridge
@@ -37,9 +39,12 @@ def bridge_command(
             raise UserError(f"--pair takes GENERALIST,MEDICAL (two model specs), got {text!r}")
         pairs.append(tuple(parts))
     records = bridge(probes, vqa, out=out, probe=probe, seen_skill=seen_skill, min_gap=min_gap, pairs=pairs,
-                     order=[o.strip() for o in order.split(",")] if order else None, replicates=replicates)
+                     order=[o.strip() for o in order.split(",")] if order else None, replicates=replicates,
+                     interventions=interventions or None)
     for r in records:
         typer.echo(f"{r['model']} on {r['data']}: probe {r['probe_skill']:.3f} vs VQA {r['vqa_skill']:.3f}, gap "
                    f"{r['gap']:+.3f} -> {r['verdict']} (McNemar p={r['mcnemar_p']:.2g}, {r['recoverable_errors']} "
                    "recoverable errors)")
+        if r.get("causal_note"):
+            typer.echo(f"  causal check: {r['causal_note']}")
     typer.echo(f"wrote {out / 'bridge.jsonl'}")

@@ -47,7 +47,8 @@ def demo_command(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("probes/demo"),
     config: Annotated[str, typer.Option(help="The demo config (a shorter one for CI: demo-ci).")] = "demo",
 ) -> None:
-    """The embedded demo: tiny models of two generalist/medical pairs on the four synthetic tasks, every stage."""
+    """The embedded demo: tiny models of two generalist/medical pairs on the four synthetic tasks and the four model
+    organisms (trained tiny LLaVAs whose failure is known) on brain MRI, every stage."""
     import time
 
     from ..experiment import run

@@ -7,7 +7,8 @@
 Schema (every key optional but `models` and `tasks`; an unknown key is refused, naming the valid ones)::
 
     name: str                      description: str              out: folder (default probes/<name>)
-    models: [SPEC | {spec, label, dtype, trust_remote_code}]
+    models: [SPEC | {spec, label, dtype, trust_remote_code, tasks, vqa}]  # tasks: labels of the tasks this
+                                        # model runs on (default: all); vqa: its own settings over the study's
     pairs: [[GENERALIST, MEDICAL]]                  # specs or labels of listed models
     tasks: [TASK | {task, data, label}]             # TASK: a name under configs/tasks/ or a path; the data spec
                                                     # defaults to the task file's own `data`
@@ -15,7 +16,9 @@ Schema (every key optional but `models` and `tasks`; an unknown key is refused, 
     folds: 5   replicates: 1000   permutations: 40   controls: true   seeds: [0]
     extract: {batch_size, device, dtype, store_dtype, prompt, workers}
     vqa: false | {conditions, prompts, max_new_tokens, describe_tokens, describe_with, limit, split, batch_size,
-                  device, dtype}
+                  device, dtype, answer_mode}
+    intervene: false | {limit, batch_size, min_effect}   # the causal check of every VLM (needs the 'projector'
+                                                         # point and the linear probe; on by default with vqa)
     bridge: {seen_skill, min_gap, probe}
     sweep: {factor, values}        # one ablation factor: layer, pooling, probe, k, prompt, train_size,
                                    # resolution (synthetic or sized data: the `size` parameter), pair
@@ -34,13 +37,14 @@ from ..errors import UserError
 from ..specs import safe_name
 
 TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
-            "replicates", "permutations", "controls", "seeds", "extract", "vqa", "bridge", "sweep")
-MODEL_KEYS = ("spec", "label", "dtype", "trust_remote_code")
+            "replicates", "permutations", "controls", "seeds", "extract", "vqa", "intervene", "bridge", "sweep")
+MODEL_KEYS = ("spec", "label", "dtype", "trust_remote_code", "tasks", "vqa")
 TASK_KEYS = ("task", "data", "label")
 EXTRACT_KEYS = ("batch_size", "device", "dtype", "store_dtype", "prompt", "workers")
 VQA_KEYS = ("conditions", "prompts", "max_new_tokens", "describe_tokens", "describe_with", "limit", "split",
-            "batch_size", "device", "dtype")
+            "batch_size", "device", "dtype", "answer_mode")
 BRIDGE_KEYS = ("seen_skill", "min_gap", "probe")
+INTERVENE_KEYS = ("limit", "batch_size", "min_effect")
 SWEEP_KEYS = ("factor", "values")
 
 
@@ -52,6 +56,8 @@ class ModelEntry:
     label: str
     dtype: str = "float32"
     trust_remote_code: bool = False
+    tasks: tuple[str, ...] | None = None  # task labels it runs on; None: every task
+    vqa: dict = field(default_factory=dict, hash=False)  # its own VQA settings, over the study's
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class Config:
     seeds: list[int] = field(default_factory=lambda: [0])
     extract: dict = field(default_factory=dict)
     vqa: dict | None = field(default_factory=dict)
+    intervene: dict | None = field(default_factory=dict)
     bridge: dict = field(default_factory=dict)
     sweep: dict | None = None
     raw: dict = field(default_factory=dict)
@@ -174,6 +181,12 @@ def validate(raw, path) -> Config:
     _unique([m.label for m in models], path, "model label")
     tasks = [_task(t, path, i) for i, t in enumerate(_listish(raw["tasks"], path, "tasks"))]
     _unique([t.label for t in tasks], path, "task label")
+    known = [t.label for t in tasks]
+    for m in models:
+        for name in m.tasks or ():
+            if name not in known:
+                raise _fail(path, f"model {m.label!r} names task {name!r}, which the study does not list; tasks: "
+                            f"{', '.join(t.label for t in tasks)}")
     pairs = [_pair(p, models, path) for p in raw.get("pairs") or []]
     probes = [str(p) for p in _listish(raw.get("probes", ["linear", "knn"]), path, "probes")]
     from ..probes.estimators import PROBES
@@ -186,6 +199,14 @@ def validate(raw, path) -> Config:
     if vqa is not False:
         vqa = dict(_keys(vqa or {}, VQA_KEYS, path, "vqa"))
         _check_vqa(vqa, path)
+    intervene = raw.get("intervene", {})
+    if intervene is not False:
+        intervene = dict(_keys(intervene or {}, INTERVENE_KEYS, path, "intervene"))
+        for key in ("limit", "batch_size"):
+            if intervene.get(key) is not None:
+                _int(intervene[key], path, f"intervene.{key}", low=2 if key == "limit" else 1)
+        if "min_effect" in intervene and not isinstance(intervene["min_effect"], (int, float)):
+            raise _fail(path, f"intervene.min_effect must be a number, got {intervene['min_effect']!r}")
     sweep = raw.get("sweep")
     if sweep is not None:
         sweep = _sweep(sweep, path, models=models, pairs=pairs)
@@ -201,6 +222,7 @@ def validate(raw, path) -> Config:
         controls=_bool(raw.get("controls", True), path, "controls"), seeds=seeds,
         extract=_check_extract(dict(_keys(raw.get("extract") or {}, EXTRACT_KEYS, path, "extract")), path),
         vqa=vqa if vqa is not False else None,
+        intervene=intervene if intervene is not False and vqa is not False else None,
         bridge=dict(_keys(raw.get("bridge") or {}, BRIDGE_KEYS, path, "bridge")), sweep=sweep, raw=raw)
 
 
@@ -220,9 +242,14 @@ def _model(entry, path, index: int) -> ModelEntry:
     label = _check_label(_text(entry.get("label") or _label(spec), path, f"models[{index}].label"), path,
                          f"models[{index}].label")
     dtype = _text(entry.get("dtype", "float32"), path, f"models[{index}].dtype")
-    return ModelEntry(spec=spec, label=label, dtype=dtype,
+    tasks = entry.get("tasks")
+    vqa = dict(_keys(entry.get("vqa") or {}, VQA_KEYS, path, f"models[{index}].vqa"))
+    _check_vqa(vqa, path)
+    return ModelEntry(vqa=vqa, spec=spec, label=label, dtype=dtype,
                       trust_remote_code=_bool(entry.get("trust_remote_code", False), path,
-                                              f"models[{index}].trust_remote_code"))
+                                              f"models[{index}].trust_remote_code"),
+                      tasks=None if tasks is None else tuple(str(t) for t in _listish(tasks, path,
+                                                                                     f"models[{index}].tasks")))
 
 
 def _label(spec: str) -> str:
@@ -281,6 +308,12 @@ def _check_vqa(vqa: dict, path) -> None:
             from ..answering.describe import check_method
 
             check_method(str(vqa["describe_with"]))
+        if "answer_mode" in vqa:
+            from ..answering.run import ANSWER_MODES
+            from ..errors import bad_choice
+
+            if vqa["answer_mode"] not in ANSWER_MODES:
+                raise bad_choice("answer mode", vqa["answer_mode"], ANSWER_MODES)
     except UserError as exc:
         raise _fail(path, f"vqa: {exc}") from None
     for key in ("max_new_tokens", "describe_tokens", "limit", "batch_size"):

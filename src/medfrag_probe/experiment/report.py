@@ -222,6 +222,7 @@ def _verdicts(doc: _Doc, study: _Study) -> None:
                              f"{r['recoverable_errors']} / {r['n']}", _to_decide(r)])
     doc.table(["task", "model", "probe point", "probe skill [95% CI]", "VQA skill [95% CI]", "gap [95% CI]",
                "verdict", "McNemar p", "recoverable / n", "n to decide"], rows, left=3)
+    _causal(doc, study)
     doc.figure(study.bridge_dir / "figures" / "ladder.png",
                "Difficulty ladder: tasks in configured order; probe skill (filled) and VQA skill (open) per model.")
     doc.figure(study.bridge_dir / "figures" / "probe_vs_vqa.png",
@@ -229,6 +230,33 @@ def _verdicts(doc: _Doc, study: _Study) -> None:
     doc.figure(study.bridge_dir / "figures" / "stage_curves.png",
                "Stage curves: skill along vision blocks, projector, language model, description and answer (95% CI "
                "bands; dotted line: the point the language model reads).")
+
+
+def _causal(doc: _Doc, study: _Study) -> None:
+    """The causal check behind each verdict (`intervene`), where the study ran it."""
+    checked = [r for r in study.bridge if r.get("causal_effect") is not None]
+    if not checked:
+        return
+    doc.text("Does the answer use what the probe finds? Erasing the probed signal from the image tokens (LEACE on "
+             "the projector's mean token, fitted on the other folds) and the change in answer skill, against a "
+             "random subspace of the same rank; and the share of answers that follow another image's tokens "
+             "(an image of another class).")
+    rows = []
+    by = {(r["model"], r["data"]): r for r in checked}
+    for data in study.data_order:
+        for model in study.model_order:
+            r = by.get((model, data))
+            if r:
+                follow = r.get("patch_follow_rate")
+                uses = {True: "yes", False: "no", None: "undecided"}[r.get("uses_probed_signal")]
+                rows.append([study.task_label.get(data, data), study.label.get(model, model), r["verdict"],
+                             _with_ci(-r["causal_effect"], r["causal_ci"] and [-r["causal_ci"][1],
+                                                                                -r["causal_ci"][0]]),
+                             _with_ci(-r["random_effect"], r.get("random_ci") and [-r["random_ci"][1],
+                                                                                    -r["random_ci"][0]]),
+                             "n/a" if follow is None else f"{follow:.0%}", uses])
+    doc.table(["task", "model", "verdict", "answer skill change, probed signal erased [95% CI]",
+               "random subspace erased", "answers following another image", "uses the probed signal"], rows, left=3)
 
 
 def _to_decide(record: dict) -> str:

@@ -28,12 +28,13 @@ from .._fs import output_lock, read_stamp, remove_stale_tmp, stamp_differences, 
 from .._log import info, warn
 from .._provenance import device_info, versions
 from ..artifacts.answers import SUMMARY
+from ..artifacts.interventions import INTERVENTIONS
 from ..artifacts.study import StudyLayout
 from ..errors import UserError, option
 from .config import Config, ModelEntry, TaskEntry, load_config
 from .factors import FACTORS, Factor
 
-MODEL_STAGES = ("extract", "vqa")  # stages that load a model
+MODEL_STAGES = ("extract", "vqa", "intervene")  # stages that load a model
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,11 @@ class _Stamps:
     def _path(self, name: str) -> Path:
         return self.folder / f"{name.replace('/', '_')}.json"
 
+    def recorded(self, name: str) -> dict | None:
+        return read_stamp(self._path(name))
+
     def fresh(self, name: str, identity: dict) -> bool:
-        recorded = read_stamp(self._path(name))
+        recorded = self.recorded(name)
         return recorded is not None and not stamp_differences(recorded, identity)
 
     def known(self, name: str) -> bool:
@@ -98,6 +102,7 @@ def _run_locked(config: Config, out: Path) -> dict:
             _probe(unit, config, layout, stamps, log, seed=seed, upstream=extract_id)
         _curves(unit, config, layout, stamps, log, upstream=extract_id)
         _vqa(unit, config, layout, stamps, log, known=stamps_of)
+        _intervene(unit, config, layout, stamps, log, known=stamps_of)
     for seed in config.seeds:
         _bridge(units, config, layout, stamps, log, seed=seed)
     model_work = sum(1 for entry in log if entry["status"] == "ran" and entry["stage"] in MODEL_STAGES)
@@ -113,6 +118,7 @@ def plan_units(config: Config) -> list[Unit]:
     """Every (model, task variant); a resolution sweep makes one variant per size."""
     factor, values = _sweep(config)
     return [Unit(model, task, data, variant) for model in config.models for task in config.tasks
+            if model.tasks is None or task.label in model.tasks
             for data, variant in factor.variants(task.data, values)]
 
 
@@ -156,7 +162,7 @@ def warn_image_level(datas) -> list[str]:
     flat = []
     for data in datas:
         samples = open_source(data).samples
-        if len({s.group for s in samples}) == len(samples):
+        if all(s.group == s.id for s in samples):  # the group defaulted to the image: no patient ids given
             flat.append(data)
     if flat:
         warn(f"no patient ids in {', '.join(flat)}: splits, controls and intervals are image-level; give "
@@ -269,7 +275,7 @@ def _vqa(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, log: 
     if config.vqa is None or not generates(unit.model.spec):
         return
     task = load_task(unit.task.task)
-    options = {"conditions": ["image", "no-image"], "describe_with": "vlm", **config.vqa}
+    options = {"conditions": ["image", "no-image"], "describe_with": "vlm", **config.vqa, **unit.model.vqa}
     identity = {"model": known["model"], "dtype": unit.model.dtype, "data": unit.data,
                 "data_fingerprint": known["data_fingerprint"], "task": config.digest(task.__dict__),
                 "vqa": options, "seed": config.seeds[0], "version": __version__}
@@ -287,13 +293,47 @@ def _vqa(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, log: 
     _note(log, "vqa", unit.key, "ran", time.perf_counter() - start)
 
 
+def _intervene(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, log: list, *, known: dict) -> None:
+    """The causal check (`intervention`) of a VLM, on the first seed's linear probe of the projector point."""
+    from ..intervention import intervene
+
+    if config.intervene is None or config.vqa is None or not generates(unit.model.spec):
+        return
+    seed = config.seeds[0]
+    probes = layout.probe(seed, unit.key)
+    if not any(r.point == "projector" and r.probe == "linear" for r in _results_in(probes)):
+        info(f"run: no causal check for {unit.key} (it needs the linear probe of the 'projector' point)")
+        return
+    identity = {"model": known["model"], "dtype": unit.model.dtype, "data": unit.data,
+                "data_fingerprint": known["data_fingerprint"], "task": unit.task.task,
+                "probes": config.digest(stamps.recorded(f"probe__{unit.key}__seed{seed}")),
+                "intervene": config.intervene, "replicates": config.replicates, "seed": seed, "version": __version__}
+    name = f"intervene__{unit.key}"
+    if stamps.fresh(name, identity):
+        _note(log, "intervene", unit.key, "up to date")
+        return
+    start = time.perf_counter()
+    intervene(unit.model.spec, unit.data, unit.task.task, probes=probes, out=layout.interventions(unit.key),
+              seed=seed, replicates=config.replicates, dtype=unit.model.dtype,
+              trust_remote_code=unit.model.trust_remote_code, **config.intervene)
+    stamps.mark(name, identity)
+    _note(log, "intervene", unit.key, "ran", time.perf_counter() - start)
+
+
+def _results_in(folder: Path) -> list:
+    from ..artifacts.probes import RESULTS, read_results
+
+    return read_results(folder) if (folder / RESULTS).is_file() else []
+
+
 def _bridge(units: list[Unit], config: Config, layout: StudyLayout, stamps: _Stamps, log: list, *, seed: int) -> None:
     from ..attribution import bridge
 
     vqa_dirs = [layout.vqa(u.key) for u in units if (layout.vqa(u.key) / SUMMARY).is_file()]
     if not vqa_dirs:
         return
-    stamp_files = [*stamps.folder.glob("vqa__*.json"), *stamps.folder.glob(f"probe__*__seed{seed}.json")]
+    stamp_files = [*stamps.folder.glob("vqa__*.json"), *stamps.folder.glob(f"probe__*__seed{seed}.json"),
+                   *stamps.folder.glob("intervene__*.json")]
     upstream = {p.name: read_stamp(p) for p in sorted(stamp_files)}
     label_to_spec = {m.label: m.spec for m in config.models}
     pairs = [(label_to_spec[a], label_to_spec[b]) for a, b in config.pairs]
@@ -306,9 +346,10 @@ def _bridge(units: list[Unit], config: Config, layout: StudyLayout, stamps: _Sta
     start = time.perf_counter()
     folder = layout.bridge(seed)
     shutil.rmtree(folder, ignore_errors=True)
+    causal = [layout.interventions(u.key) for u in units if (layout.interventions(u.key) / INTERVENTIONS).is_file()]
     bridge([layout.probes(seed)], vqa_dirs, out=folder, pairs=pairs,
            order=list(dict.fromkeys(u.data for u in units)), replicates=config.replicates,
-           **{k: v for k, v in config.bridge.items()})
+           interventions=causal or None, **{k: v for k, v in config.bridge.items()})
     stamps.mark(name, identity)
     _note(log, "bridge", f"seed {seed}", "ran", time.perf_counter() - start)
 

@@ -22,6 +22,7 @@ class HFVLMAdapter(Adapter):
     tower_family = "clip"
     can_generate = True
     share_prefix = True  # one image asked several prompts: run the image and the common chat prefix once
+    answer_token_type = 0  # token_type_ids of an answer token (PaliGemma: 1, the suffix of its prefix LM)
     _prefix_memo = None  # set inside `reusing_prefixes`
 
     @classmethod
@@ -141,38 +142,81 @@ class HFVLMAdapter(Adapter):
 
     @torch.inference_mode()
     def option_scores(self, inputs, options: list[list[str]], *, variants: bool = True) -> list[list[float]]:
-        """Scored answers: per row, the probability of each option's first answer token at the answer position
-        (no generation, no parsing), normalised over that row's options.
+        """Scored answers: per row, the probability that the answer starts with each option (no generation, no
+        parsing), normalised over that row's options.
 
-        An option's mass is summed over the distinct first tokens of its surface forms (as written, lower case,
+        An option's mass is summed over the distinct token sequences of its surface forms (as written, lower case,
         capitalised, each with and without a leading space) unless `variants=False`, which keeps the option as
-        written, without a leading space (what a constrained greedy decoder picks among)."""
-        shared = self.shared(inputs)
-        if shared is not None:
-            start = shared.start
-            ahead = {k: v[:, start:] for k, v in shared.inputs.items() if k != "attention_mask"}
-            inputs = {**ahead, "attention_mask": shared.inputs["attention_mask"],
-                      "position_ids": shared.positions()[:, start:], cache_argument(self.model): shared.cache}
-        inputs = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma's processor adds them: no loss here
+        written, without a leading space (what a constrained greedy decoder picks among). A form is scored by its
+        first token, and by its second where the first begins other forms too (a bare space token, or "N" of both
+        "No" and "Normal"): P(t1) P(t2 | t1), from one more forward pass per such first token."""
+        original = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma's processor adds labels
+        first = self._answer_probs(original)
+        forms = [[self.option_sequences(o, variants=variants) for o in row] for row in options]
+        shared = sorted({seq[0] for row in forms for opt in row for seq in opt
+                         if len(seq) > 1 and self._shared_first(seq[0], row)})
+        second = {t: self._answer_probs(original, then=t) for t in shared}
+        out = []
+        for row, row_forms in enumerate(forms):
+            mass = []
+            for option in row_forms:
+                total = 0.0
+                for seq in option:
+                    p = float(first[row, seq[0]])
+                    if len(seq) > 1 and seq[0] in second:
+                        p *= float(second[seq[0]][row, seq[1]])
+                    total += p
+                mass.append(total)
+            whole = sum(mass)
+            out.append([m / whole if whole > 0 else 1 / len(mass) for m in mass])
+        return out
+
+    @staticmethod
+    def _shared_first(token: int, row_forms: list[list[tuple[int, ...]]]) -> bool:
+        """Whether `token` begins forms of more than one option, or a longer form beside a one-token one."""
+        owners = [k for k, option in enumerate(row_forms) if any(seq[0] == token for seq in option)]
+        lengths = {len(seq) > 1 for option in row_forms for seq in option if seq[0] == token}
+        return len(owners) > 1 or len(lengths) > 1
+
+    def _answer_probs(self, inputs: dict, *, then: int | None = None) -> torch.Tensor:
+        """(rows, vocab) next-token probabilities at the answer position, or one token later (`then` appended to
+        every row: the tensors laid out like input_ids grow by one column)."""
+        if then is None:
+            shared = self.shared(inputs)
+            if shared is not None:
+                start = shared.start
+                ahead = {k: v[:, start:] for k, v in shared.inputs.items() if k != "attention_mask"}
+                inputs = {**ahead, "attention_mask": shared.inputs["attention_mask"],
+                          "position_ids": shared.positions()[:, start:], cache_argument(self.model): shared.cache}
+        else:
+            ids = inputs["input_ids"]
+            grown = {}
+            for k, v in inputs.items():
+                if torch.is_tensor(v) and v.dim() == 2 and v.shape == ids.shape:
+                    fill = {"input_ids": then, "attention_mask": 1, "token_type_ids": self.answer_token_type}.get(k, 0)
+                    v = torch.cat([v, torch.full((len(v), 1), fill, dtype=v.dtype, device=v.device)], dim=1)
+                grown[k] = v
+            inputs = grown
+        inputs = dict(inputs)
         if accepts(self.model, "logits_to_keep"):
             inputs["logits_to_keep"] = 1  # only the answer position's logits are read
         logits = self.model(**inputs).logits[:, -1, :].float()  # left padding: the last position answers
-        probs = torch.softmax(logits, dim=-1).cpu()
-        out = []
-        for row, row_options in enumerate(options):
-            mass = [float(probs[row, sorted(self.first_tokens(o, variants=variants))].sum()) for o in row_options]
-            total = sum(mass)
-            out.append([m / total if total > 0 else 1 / len(mass) for m in mass])
-        return out
+        return torch.softmax(logits, dim=-1).cpu()
 
-    def first_tokens(self, option: str, *, variants: bool = True) -> set[int]:
-        """Ids of the first token of each surface form of `option`."""
+    def option_sequences(self, option: str, *, variants: bool = True) -> list[tuple[int, ...]]:
+        """The distinct token sequences (at most two tokens) of the surface forms of `option`."""
         tokenizer = self.processor.tokenizer
         forms = {option}
         if variants:
             forms |= {option.lower(), option.capitalize()}
             forms |= {" " + f for f in forms}
-        return {ids[0] for ids in (tokenizer.encode(f, add_special_tokens=False) for f in forms) if ids}
+        sequences = {tuple(ids[:2]) for ids in (tokenizer.encode(f, add_special_tokens=False) for f in sorted(forms))
+                     if ids}
+        return sorted(sequences)
+
+    def first_tokens(self, option: str, *, variants: bool = True) -> set[int]:
+        """Ids of the first token of each surface form of `option`."""
+        return {seq[0] for seq in self.option_sequences(option, variants=variants)}
 
     def fit_images(self, images):
         """Images as this model's own preprocessing expects them before the processor (e.g. padded square)."""

@@ -18,6 +18,7 @@ class PaliGemmaAdapter(HFVLMAdapter):
     model_class = "PaliGemmaForConditionalGeneration"
     tower_family = "siglip"
     share_prefix = False  # the prompt attends to the image both ways (prefix LM): no causal prefix to share
+    answer_token_type = 1  # answer tokens are the suffix: attended causally
 
     def format_prompt(self, prompt: str, *, image: bool = True) -> str:
         # the processor expands the leading <image> into the image tokens and adds BOS and the closing newline

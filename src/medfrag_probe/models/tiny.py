@@ -44,7 +44,8 @@ def tiny_spec(name: str) -> str:
     builders = {**TINY, **TINY_TEXT}
     if name not in builders:
         raise bad_choice("tiny model", name, sorted(TINY))
-    root = cache_root() / "models" / f"tiny-{name}-{VERSION}"
+    version = getattr(builders[name], "version", lambda: VERSION)()
+    root = cache_root() / "models" / f"tiny-{name}-{version}"
     marker = root / "spec.txt"
     if not marker.is_file():
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -403,3 +404,27 @@ def _tiny_text_llm(out: Path) -> str:
     transformers.LlamaForCausalLM(_decoder("LlamaConfig", len(tok))).save_pretrained(out)
     tok.save_pretrained(out)
     return f"hf:{out}"
+
+
+def _organism(kind: str) -> Callable[[Path], str]:
+    """`tiny:organism-KIND` (`models.organisms`): tiny:llava with shipped trained weights; cached per weights file."""
+    def build(out: Path) -> str:
+        from .organisms import build as build_organism
+
+        return build_organism(kind, out)
+
+    def version() -> str:
+        import hashlib
+
+        from .organisms import weights_file
+
+        path = weights_file(kind)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10] if path.is_file() else "missing"
+        return f"{VERSION}-{digest}"
+
+    build.version = version
+    return build
+
+
+for _kind in ("sound", "reasoning", "vision", "both"):
+    TINY[f"organism-{_kind}"] = _organism(_kind)
