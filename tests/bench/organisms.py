@@ -21,11 +21,13 @@ from pathlib import Path
 EXPECTED = {"sound": "sound", "reasoning": "reasoning-limited", "vision": "vision-limited", "both": "both"}
 
 
-def evaluate(spec: str, task: str, *, seed: int, n: int, work: Path, limit: int | None = None) -> dict:
-    """One organism on one task and seed; returns the bridge record's headline fields."""
+def evaluate(spec: str, task: str, *, seed: int, n: int, work: Path, limit: int | None = None,
+             per_patient: int = 4) -> dict:
+    """One organism on one task and seed (`per_patient` images per simulated patient); returns the bridge record's
+    headline fields."""
     from medfrag_probe import bridge, extract, intervene, probe, vqa
 
-    data = f"synth:{task.removeprefix('synth-')}?n={n}&seed={seed}"
+    data = f"synth:{task.removeprefix('synth-')}?n={n}&seed={seed}&per_patient={per_patient}"
     start = time.perf_counter()
     extract(spec, data, points="vision.block.*,projector", poolings="mean", out=work / "c.h5")
     probe([work / "c.h5"], out=work / "probes", probes=("linear",), figures=False, replicates=500, controls=False)
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--n", type=int, default=640, help="evaluation images per run")
     parser.add_argument("--limit", type=int, default=None, help="samples intervened on (default: all)")
+    parser.add_argument("--per-patient", type=int, default=4, help="images per simulated patient")
     parser.add_argument("--rebuild", action="store_true", help="retrain the organisms first and evaluate those")
     args = parser.parse_args()
     from medfrag_probe._log import set_quiet
@@ -72,10 +75,11 @@ def main() -> None:
                 for kind in kinds:
                     with tempfile.TemporaryDirectory(dir=tmp) as work:
                         row = evaluate(f"tiny:organism-{kind}", task, seed=seed, n=args.n, work=Path(work),
-                                       limit=args.limit)
+                                       limit=args.limit, per_patient=args.per_patient)
                     ok = row["verdict"] == EXPECTED[kind]
                     hits, total = hits + ok, total + 1
                     print(json.dumps({"organism": kind, "task": task, "seed": seed, "n": args.n,
+                                      "per_patient": args.per_patient,
                                       "expected": EXPECTED[kind], "ok": ok, **row}), flush=True)
         print(json.dumps({"expected_verdicts": hits, "runs": total, "rebuilt": args.rebuild}), flush=True)
     sys.exit(0 if hits == total else 1)

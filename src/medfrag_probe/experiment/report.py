@@ -237,10 +237,11 @@ def _causal(doc: _Doc, study: _Study) -> None:
     checked = [r for r in study.bridge if r.get("causal_effect") is not None]
     if not checked:
         return
-    doc.text("Does the answer use what the probe finds? Erasing the probed signal from the image tokens (LEACE on "
-             "the projector's mean token, fitted on the other folds) and the change in answer skill, against a "
-             "random subspace of the same rank; and the share of answers that follow another image's tokens "
-             "(an image of another class).")
+    doc.text("Does the answer use what the probe finds? The probed signal is erased from the image tokens (LEACE on "
+             "the projector's mean token, fitted on the other folds) and the answers' expected skill (from their "
+             "option probabilities) is measured again, against erasing a random subspace of the same rank; and the "
+             "share of the answer probability that moves to another class when the language model is given the "
+             "tokens of an image of that class.")
     rows = []
     by = {(r["model"], r["data"]): r for r in checked}
     for data in study.data_order:
@@ -255,8 +256,8 @@ def _causal(doc: _Doc, study: _Study) -> None:
                              _with_ci(-r["random_effect"], r.get("random_ci") and [-r["random_ci"][1],
                                                                                     -r["random_ci"][0]]),
                              "n/a" if follow is None else f"{follow:.0%}", uses])
-    doc.table(["task", "model", "verdict", "answer skill change, probed signal erased [95% CI]",
-               "random subspace erased", "answers following another image", "uses the probed signal"], rows, left=3)
+    doc.table(["task", "model", "verdict", "expected skill change, probed signal erased [95% CI]",
+               "random subspace erased", "answer following another image", "uses the probed signal"], rows, left=3)
 
 
 def _to_decide(record: dict) -> str:
