@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from medfrag_probe.errors import UserError
-from medfrag_probe.models import organisms
+from medfrag_probe.models import organism_training, organisms
 from medfrag_probe.models.loading import load_adapter
-from medfrag_probe.models.tiny import tiny_spec
+from medfrag_probe.models.tiny import _tiny_llava, tiny_spec
 
 BENCH = Path(__file__).parent / "bench" / "organisms.py"
 
@@ -51,12 +51,12 @@ def test_missing_or_mismatched_weights_get_clear_errors(tmp_path, monkeypatch):
         organisms.weights_file("blind")
     monkeypatch.setattr(organisms, "WEIGHTS", tmp_path)
     with pytest.raises(UserError, match="missing.*rebuild"):
-        organisms.build("sound", tmp_path / "out")
+        organisms.build("sound", tmp_path / "out", base=_tiny_llava)
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "sound.safetensors"), metadata={"architecture": "other"})
     with pytest.raises(UserError, match="another tiny:llava architecture"):
-        organisms.build("sound", tmp_path / "out2")
+        organisms.build("sound", tmp_path / "out2", base=_tiny_llava)
 
 
 def _never_wrong(kind: str, row: dict) -> None:
@@ -85,7 +85,7 @@ def test_each_organism_gets_its_verdict_on_a_seed_it_never_saw(tmp_path):
 
 @pytest.mark.slow
 def test_a_rebuilt_organism_gets_the_same_verdict(tmp_path, monkeypatch):
-    organisms.train("sound", tmp_path / "w" / "sound.safetensors", log=lambda *_: None)
+    organism_training.train("sound", tmp_path / "w" / "sound.safetensors", log=lambda *_: None)
     monkeypatch.setattr(organisms, "WEIGHTS", tmp_path / "w")
     monkeypatch.setenv("MEDFRAG_CACHE", str(tmp_path / "cache"))
     row = _bench().evaluate("tiny:organism-sound", "synth-brain-mri", seed=8, n=640, work=tmp_path / "e", limit=256,

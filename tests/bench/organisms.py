@@ -62,11 +62,11 @@ def main() -> None:
     kinds = args.kinds.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         if args.rebuild:  # evaluate rebuilt weights: point the organisms' weights folder and cache elsewhere
-            from medfrag_probe.models import organisms
+            from medfrag_probe.models import organism_training, organisms
 
             for kind in kinds:
-                print(json.dumps({"rebuilt": kind, **organisms.train(kind, Path(tmp) / "w" / f"{kind}.safetensors",
-                                                                     log=lambda *_: None)}), flush=True)
+                timings = organism_training.train(kind, Path(tmp) / "w" / f"{kind}.safetensors", log=lambda *_: None)
+                print(json.dumps({"rebuilt": kind, **timings}), flush=True)
             organisms.WEIGHTS = Path(tmp) / "w"
             os.environ["MEDFRAG_CACHE"] = str(Path(tmp) / "cache")
         hits, total = 0, 0

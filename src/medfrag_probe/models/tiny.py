@@ -411,7 +411,7 @@ def _organism(kind: str) -> Callable[[Path], str]:
     def build(out: Path) -> str:
         from .organisms import build as build_organism
 
-        return build_organism(kind, out)
+        return build_organism(kind, out, base=_tiny_llava)
 
     def version() -> str:
         import hashlib
