@@ -55,7 +55,7 @@ def test_missing_or_mismatched_weights_get_clear_errors(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "sound.safetensors"), metadata={"architecture": "other"})
-    with pytest.raises(UserError, match="another tiny:llava architecture"):
+    with pytest.raises(UserError, match="does not fit tiny:llava"):
         organisms.build("sound", tmp_path / "out2", base=_tiny_llava)
 
 

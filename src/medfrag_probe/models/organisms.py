@@ -46,7 +46,6 @@ def build(kind: str, out: Path, *, base) -> str:
     """Write `tiny:organism-KIND` to `out`: the files of `base` (`tiny:llava`'s builder) with the shipped weights in
     place of random ones."""
     import transformers
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = weights_file(kind)
@@ -54,19 +53,33 @@ def build(kind: str, out: Path, *, base) -> str:
         raise UserError(f"the weights of organism {kind!r} are missing ({path}); rebuild them with "
                         f"`python -m medfrag_probe.models.organism_training --out {WEIGHTS}`")
     spec = base(out)
-    with safe_open(path, framework="pt") as handle:
-        meta = handle.metadata() or {}
     model = transformers.LlavaForConditionalGeneration.from_pretrained(out)
-    if meta.get("architecture") != architecture_digest(model):
-        raise UserError(f"{path} was trained for another tiny:llava architecture; rebuild the organisms with "
-                        f"`python -m medfrag_probe.models.organism_training --out {WEIGHTS}`")
-    state = load_file(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if "lm_head" not in m]:
-        raise UserError(f"{path} does not fit tiny:llava: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    state = _fitted(load_file(path), model.state_dict(), path)
+    model.load_state_dict(state, strict=False)
     model.tie_weights()
     model.save_pretrained(out)
     return spec
+
+
+def _fitted(shipped: dict, own: dict, path: Path) -> dict:
+    """The shipped tensors under this transformers version's parameter names (the CLIP tower is `vision_tower.*` in
+    newer versions, `vision_tower.vision_model.*` in older ones); every parameter but a tied head must be covered
+    with its own shape."""
+    out = {}
+    for key, value in shipped.items():
+        for name in (key, key.replace("vision_tower.", "vision_tower.vision_model.", 1),
+                     key.replace("vision_tower.vision_model.", "vision_tower.", 1)):
+            if name in own and own[name].shape == value.shape:
+                out[name] = value
+                break
+        else:
+            raise UserError(f"{path} does not fit tiny:llava ({key} {tuple(value.shape)}); rebuild the organisms "
+                            f"with `python -m medfrag_probe.models.organism_training --out {WEIGHTS}`")
+    missing = [name for name in own if name not in out and "lm_head" not in name]
+    if missing:
+        raise UserError(f"{path} does not fit tiny:llava (no {missing[0]}); rebuild the organisms with "
+                        f"`python -m medfrag_probe.models.organism_training --out {WEIGHTS}`")
+    return out
 
 
 def architecture_digest(model) -> str:
