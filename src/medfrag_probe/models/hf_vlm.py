@@ -152,7 +152,9 @@ class HFVLMAdapter(Adapter):
         "No" and "Normal"): P(t1) P(t2 | t1), from one more forward pass per such first token."""
         original = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma's processor adds labels
         first = self._answer_probs(original)
-        forms = [[self.option_sequences(o, variants=variants) for o in row] for row in options]
+        known: dict[str, list] = {}  # rows usually share their options: tokenise each option once
+        forms = [[known.setdefault(o, self.option_sequences(o, variants=variants)) if o not in known else known[o]
+                  for o in row] for row in options]
         shared = sorted({seq[0] for row in forms for opt in row for seq in opt
                          if len(seq) > 1 and self._shared_first(seq[0], row)})
         second = {t: self._answer_probs(original, then=t) for t in shared}
