@@ -15,10 +15,11 @@ from medfrag_probe.intervention import closed_prompts, edited_tokens, leace
 from medfrag_probe.models.loading import load_adapter
 
 
-def _scores(adapter, images, edit=None):
-    inputs = adapter.chat_inputs(["Which diagnosis best fits this brain MRI?"] * len(images), images)
-    with edited_tokens(adapter, edit, len(images)):
-        return np.array(adapter.option_scores(inputs, [["A", "B", "C", "D"]] * len(images)))
+def _scores(adapter, images, shifts=None, prompts=("Which diagnosis best fits this brain MRI?",)):
+    rows = [(k, q) for k in range(len(images)) for q in range(len(prompts))]  # image by image, as intervene asks
+    inputs = adapter.chat_inputs([prompts[q] for _, q in rows], [images[k] for k, _ in rows])
+    with edited_tokens(adapter, shifts, [k for k, _ in rows]):
+        return np.array(adapter.option_scores(inputs, [["A", "B", "C", "D"]] * len(rows)))
 
 
 def test_token_edits_reach_the_answers_and_a_zero_edit_changes_nothing(synth_images):
@@ -26,10 +27,30 @@ def test_token_edits_reach_the_answers_and_a_zero_edit_changes_nothing(synth_ima
     images = synth_images[:4]
     width = adapter.model.config.text_config.hidden_size
     clean = _scores(adapter, images)
-    assert np.array_equal(_scores(adapter, images, {"shift": np.zeros((4, width))}), clean)
-    moved = _scores(adapter, images, {"shift": np.random.default_rng(0).normal(0, 1, (4, width))})
+    assert np.array_equal(_scores(adapter, images, np.zeros((4, width))), clean)
+    moved = _scores(adapter, images, np.random.default_rng(0).normal(0, 1, (4, width)))
     assert np.abs(moved - clean).max() > 1e-4
-    assert adapter.share_prefix, "the edit must restore prefix sharing"
+
+
+@pytest.mark.parametrize("arch", ["llava", "gemma3", "paligemma"])
+def test_edits_under_shared_prefixes_equal_those_of_one_row_per_image(arch, synth_images):
+    """Several prompts per image run the (edited) image once where the model shares prefixes; each image must still
+    get its own shift, and the answers must be those of every row run on its own (PaliGemma shares nothing)."""
+    adapter = load_adapter(f"tiny:{arch}", lm=True)
+    images = synth_images[:3]
+    prompts = ("Which diagnosis best fits this brain MRI?\nA. glioma\nB. meningioma\nC. none\nD. pituitary",
+               "Is there a tumor? Answer A, B, C or D.")
+    width = adapter.model.config.get_text_config().hidden_size
+    shifts = np.random.default_rng(1).normal(0, 1, (3, width))
+    shared = _scores(adapter, images, shifts, prompts)
+    adapter.share_prefix = False
+    try:
+        alone = np.array([_scores(adapter, [image], shifts[k:k + 1], (prompt,))[0]
+                          for k, image in enumerate(images) for prompt in prompts])
+    finally:
+        adapter.share_prefix = type(adapter).share_prefix
+    assert np.allclose(shared, alone, atol=1e-4)
+    assert np.abs(shared - _scores(adapter, images, None, prompts)).max() > 1e-4  # the shifts did reach the answers
 
 
 @pytest.mark.parametrize("classes", [2, 4])
@@ -128,8 +149,8 @@ def test_intervene_runs_on_every_tiny_vlm_architecture(tmp_path, name, synth_ima
     adapter = load_adapter(f"tiny:{name}", lm=True)
     width = adapter.model.config.get_text_config().hidden_size
     clean = _scores(adapter, synth_images[:2])
-    assert np.array_equal(_scores(adapter, synth_images[:2], {"shift": np.zeros((2, width))}), clean)
-    moved = _scores(adapter, synth_images[:2], {"shift": np.random.default_rng(0).normal(0, 3, (2, width))})
+    assert np.array_equal(_scores(adapter, synth_images[:2], np.zeros((2, width))), clean)
+    moved = _scores(adapter, synth_images[:2], np.random.default_rng(0).normal(0, 3, (2, width)))
     assert np.abs(moved - clean).max() > 1e-5, "the edit did not reach the language model"
     made = intervene(adapter, "synth:brain-mri?n=20", "synth-brain-mri", out=tmp_path / "i", folds=2,
                      replicates=20, batch_size=8)

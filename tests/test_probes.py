@@ -211,7 +211,7 @@ def test_the_small_problem_solver_reaches_the_torch_solvers_objective(classes):
     masks[-1] = 1
     scales = torch.from_numpy(rng.uniform(0.5, 2.0, (4, 12)).astype(np.float32))
     Xt, yt, mt = torch.from_numpy(X), torch.from_numpy(y).long(), torch.from_numpy(masks)
-    Y = yt[:, None].float() if classes == 2 else torch.nn.functional.one_hot(yt, classes).float()
+    Y = solver._targets(yt, classes, classes == 2, torch.float32)
     Cs = [0.001, 0.1, 10.0]
     paths = [list(f(Xt, yt, mt, Cs, n_classes=classes, penalty_scales=scales, tol=1e-6))
              for f in (solver.logistic_path, solver.logistic_path_cpu)]

@@ -46,9 +46,10 @@ joins the records to the verdicts.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,9 @@ MIN_EFFECT = 0.05
 
 
 def intervene(model, data, task, *, probes=None, out: str | Path = "probes/interventions", limit: int | None = None,
-              batch_size: int = 16, folds: int = 5, min_effect: float = MIN_EFFECT, replicates: int = REPLICATES,
-              seed: int = 0, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False) -> dict:
+              prompts=None, batch_size: int = 16, folds: int = 5, min_effect: float = MIN_EFFECT,
+              replicates: int = REPLICATES, seed: int = 0, device: str = "auto", dtype: str = "float32",
+              trust_remote_code: bool = False) -> dict:
     """Ablate and patch the probe subspace of the projector tokens; write interventions.jsonl and samples.csv under
     `out`; return the record as a dict. `limit` intervenes on a seeded subset of that many samples (the subspaces
     are still fitted on every sample of the other folds)."""
@@ -87,7 +89,7 @@ def intervene(model, data, task, *, probes=None, out: str | Path = "probes/inter
     source = data if isinstance(data, DataSource) else open_source(data)
     task = resolve_task(task, source)
     class_map = map_classes(task, source)
-    prompts = closed_prompts(task)
+    prompts = closed_prompts(task, prompts)
     adapter = model if not isinstance(model, str) else load_adapter(model, lm=True, device=str(resolve_device(device)),
                                                                      dtype=dtype, trust_remote_code=trust_remote_code)
     if not adapter.can_generate or not hasattr(adapter, "option_scores") or "projector" not in adapter.points:
@@ -130,16 +132,25 @@ def intervene(model, data, task, *, probes=None, out: str | Path = "probes/inter
     return record.record()
 
 
-def closed_prompts(task) -> list:
-    """The task's closed questions whose options name classes: multiple choice, and yes/no with two classes."""
+def closed_prompts(task, wanted=None) -> list:
+    """The task's closed questions whose options name classes (multiple choice, and yes/no with two classes), or
+    those of them `wanted` names (see `answering.plan.select_prompts`)."""
+    from .answering.plan import select_prompts
     from .answering.scoring import class_probabilities
 
-    chosen = [p for p in task.prompts() if p.kind == "multiple_choice" or
+    closed = [p for p in task.prompts() if p.kind == "multiple_choice" or
               (p.kind == "yes_no" and class_probabilities(task, p, {"yes": 0.5, "no": 0.5}) is not None)]
-    if not chosen:
+    if not closed:
         raise UserError(f"task {task.name} has no closed question that names a class (multiple choice, or yes/no "
                         "with two classes); intervene scores those")
-    return chosen
+    if not wanted:
+        return closed
+    chosen = {p.id for p in select_prompts(task, wanted)}
+    kept = [p for p in closed if p.id in chosen]
+    if not kept:
+        raise UserError(f"none of the prompts {wanted!r} of task {task.name} is a closed question that names a "
+                        f"class; valid: {', '.join(p.id for p in closed)}, multiple_choice, yes_no")
+    return kept
 
 
 def _folds(source, probes, adapter, prints: dict, *, folds: int, seed: int) -> dict[int, int]:
@@ -287,46 +298,70 @@ def _edits(condition: str, space: dict, means: np.ndarray, members: np.ndarray, 
 
 
 @contextmanager
-def edited_tokens(adapter, edit: dict | None, n_images: int):
-    """Within the block, the projector's output for a batch of `n_images` images is edited by `edit` (None: left as
-    it is), and each row is run on its own image (no prefix sharing, for every condition alike)."""
+def edited_tokens(adapter, shifts: np.ndarray | None, row_image: list[int]):
+    """Within the block, the projector's output is shifted per image by `shifts` (images, width; None: left as it
+    is). A batch's rows ask about images `row_image` (row -> index into `shifts`, rows of one image adjacent, each
+    image once in the batch). The projector runs either once per distinct image (a shared prefix, in the order of
+    first appearance) or once per row (models that do not share prefixes, and full reruns)."""
     module = adapter.points["projector"].module
+    order = list(dict.fromkeys(row_image))
 
     def hook(_module, _args, output):
         tokens = output if isinstance(output, torch.Tensor) else output[0]
-        view = _per_image(tokens, n_images)
-        shift = torch.as_tensor(edit["shift"], dtype=view.dtype, device=view.device)
+        for images in (order, row_image):
+            if tokens.shape[0] % len(images) == 0 and tokens.numel() % (len(images) * tokens.shape[-1]) == 0:
+                break
+        view = _per_image(tokens, len(images))
+        shift = torch.as_tensor(shifts[images], dtype=view.dtype, device=view.device)
         edited = (view + shift[:, None, :]).reshape(tokens.shape)
         return edited if isinstance(output, torch.Tensor) else (edited, *output[1:])
 
-    handle = module.register_forward_hook(hook) if edit is not None else None
-    shared, adapter.share_prefix = getattr(adapter, "share_prefix", False), False  # one row per image, in order
+    handle = module.register_forward_hook(hook) if shifts is not None else None
     try:
         yield
     finally:
         if handle is not None:
             handle.remove()
-        adapter.share_prefix = shared
 
 
 def _answers(adapter, task, prompts, images: list, edit: dict | None, *, classes: list, batch_size: int):
-    """(images, classes) class probabilities averaged over the closed prompts, under `edit`."""
+    """(images, classes) class probabilities averaged over the closed prompts, under `edit`. Rows are laid out
+    image by image, every prompt of an image together, so an image (and the chat before it) runs once per condition
+    where the model shares prefixes. A batch holds whole images (`batch_size // prompts` of them), or, with more
+    prompts than `batch_size`, one image's prompts in pieces that reuse its prefix."""
     from .answering.generation import option_texts
     from .answering.scoring import class_probabilities
 
+    texts = [p.render() for p in prompts]
+    options = [option_texts(p) for p in prompts]
+    shifts = None if edit is None else np.asarray(edit["shift"])
     total = np.zeros((len(images), len(classes)))
-    for prompt in prompts:
-        options = option_texts(prompt)
-        for i in range(0, len(images), batch_size):
-            batch = images[i:i + batch_size]
-            part = None if edit is None else {"shift": edit["shift"][i:i + batch_size]}
-            inputs = adapter.chat_inputs([prompt.render()] * len(batch), batch)
-            with edited_tokens(adapter, part, len(batch)):
-                scores = adapter.option_scores(inputs, [options] * len(batch))
-            for j, row in enumerate(scores):
-                by_class = class_probabilities(task, prompt, dict(zip(options, row)))
-                total[i + j] += [by_class.get(c, 0.0) for c in classes]
+    for chunk in _image_chunks(images, max(1, batch_size // len(prompts))):
+        rows = [(k, q) for k in chunk for q in range(len(prompts))]
+        step = len(rows) if len(chunk) > 1 else batch_size
+        alone = len(chunk) == 1 and hasattr(adapter, "reusing_prefixes")
+        # one image alone: a fresh memo, so its prefix (edited tokens included) serves only its own prompts
+        with adapter.reusing_prefixes() if alone else nullcontext():
+            for r in range(0, len(rows), step):
+                part = rows[r:r + step]
+                inputs = adapter.chat_inputs([texts[q] for _, q in part], [images[k] for k, _ in part])
+                with edited_tokens(adapter, shifts, [k for k, _ in part]):
+                    scores = adapter.option_scores(inputs, [options[q] for _, q in part])
+                for (k, q), row in zip(part, scores):
+                    by_class = class_probabilities(task, prompts[q], dict(zip(options[q], row)))
+                    total[k] += [by_class.get(c, 0.0) for c in classes]
     return total / len(prompts)
+
+
+def _image_chunks(images: list, size: int) -> list[list[int]]:
+    """Consecutive runs of `size` image indices; a run holding two identical images (the prefixes would be run once
+    for both, and their edits may differ) is split into single images."""
+    chunks = []
+    for i in range(0, len(images), size):
+        chunk = list(range(i, min(i + size, len(images))))
+        digests = {hashlib.blake2b(np.asarray(images[k]).tobytes(), digest_size=16).digest() for k in chunk}
+        chunks += [chunk] if len(digests) == len(chunk) else [[k] for k in chunk]
+    return chunks
 
 
 def _measure(probs: dict, labels, groups, donors, chosen, classes, *, min_effect: float, replicates: int) -> dict:

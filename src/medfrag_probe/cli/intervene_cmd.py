@@ -26,6 +26,9 @@ def intervene_command(
     out: Annotated[Path, typer.Option(help="Output folder (interventions.jsonl, samples.csv).")] = Path(
         "probes/interventions"),
     limit: Annotated[Optional[int], typer.Option(help="Intervene on a seeded subset of this many samples.")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="Closed questions to ask, comma-separated: prompt ids, "
+                                                   "families (mc-diagnosis) or kinds (yes_no, multiple_choice). "
+                                                   "Default: every closed question that names a class.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
     folds: Annotated[int, typer.Option(help="Outer folds when --probes is not given.")] = 5,
     min_effect: Annotated[float, typer.Option(help="Skill change that counts as 'the answer depends on it'.")] = 0.05,
@@ -39,8 +42,8 @@ def intervene_command(
     random one of the same rank), patch another image's probe coordinates in, and measure the answers."""
     from ..intervention import intervene
 
-    r = intervene(model, data, task, probes=probes, out=out, limit=limit, batch_size=batch_size, folds=folds,
-                  min_effect=min_effect, replicates=replicates, seed=seed, device=device, dtype=dtype,
+    r = intervene(model, data, task, probes=probes, out=out, limit=limit, prompts=prompts, batch_size=batch_size,
+                  folds=folds, min_effect=min_effect, replicates=replicates, seed=seed, device=device, dtype=dtype,
                   trust_remote_code=trust_remote_code)
     typer.echo(f"{r['model']} on {r['data']}: {r['conclusion']}")
     typer.echo(f"wrote {out / 'interventions.jsonl'}")

@@ -17,8 +17,8 @@ Schema (every key optional but `models` and `tasks`; an unknown key is refused, 
     extract: {batch_size, device, dtype, store_dtype, prompt, workers}
     vqa: false | {conditions, prompts, max_new_tokens, describe_tokens, describe_with, limit, split, batch_size,
                   device, dtype, answer_mode}
-    intervene: false | {limit, batch_size, min_effect}   # the causal check of every VLM (needs the 'projector'
-                                                         # point and the linear probe; on by default with vqa)
+    intervene: false | {limit, prompts, batch_size, min_effect}   # the causal check of every VLM (needs the
+                                          # 'projector' point and the linear probe; on by default with vqa)
     bridge: {seen_skill, min_gap, probe}
     sweep: {factor, values}        # one ablation factor: layer, pooling, probe, k, prompt, train_size,
                                    # resolution (synthetic or sized data: the `size` parameter), pair
@@ -44,7 +44,7 @@ EXTRACT_KEYS = ("batch_size", "device", "dtype", "store_dtype", "prompt", "worke
 VQA_KEYS = ("conditions", "prompts", "max_new_tokens", "describe_tokens", "describe_with", "limit", "split",
             "batch_size", "device", "dtype", "answer_mode")
 BRIDGE_KEYS = ("seen_skill", "min_gap", "probe")
-INTERVENE_KEYS = ("limit", "batch_size", "min_effect")
+INTERVENE_KEYS = ("limit", "prompts", "batch_size", "min_effect")
 SWEEP_KEYS = ("factor", "values")
 
 
@@ -205,6 +205,10 @@ def validate(raw, path) -> Config:
         for key in ("limit", "batch_size"):
             if intervene.get(key) is not None:
                 _int(intervene[key], path, f"intervene.{key}", low=2 if key == "limit" else 1)
+        if "prompts" in intervene and not (isinstance(intervene["prompts"], str) or (
+                isinstance(intervene["prompts"], list) and all(isinstance(p, str) for p in intervene["prompts"]))):
+            raise _fail(path, f"intervene.prompts must be a list of prompt ids, families or kinds, got "
+                              f"{intervene['prompts']!r}")
         if "min_effect" in intervene and not isinstance(intervene["min_effect"], (int, float)):
             raise _fail(path, f"intervene.min_effect must be a number, got {intervene['min_effect']!r}")
     sweep = raw.get("sweep")

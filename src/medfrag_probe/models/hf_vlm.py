@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import prefix as _prefix
 from .base import Adapter, Point, PointBatch, find_module
 from .hf_common import LM_CANDIDATES, lm_points, load_pretrained, vision_only_config, vit_tower_points
 from .prefix import PrefixMemo, SharedBatch, accepts, cache_argument, laid_width, prefill, prefix_lengths
@@ -151,13 +152,12 @@ class HFVLMAdapter(Adapter):
         first token, and by its second where the first begins other forms too (a bare space token, or "N" of both
         "No" and "Normal"): P(t1) P(t2 | t1), from one more forward pass per such first token."""
         original = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma's processor adds labels
-        first = self._answer_probs(original)
         known: dict[str, list] = {}  # rows usually share their options: tokenise each option once
         forms = [[known.setdefault(o, self.option_sequences(o, variants=variants)) if o not in known else known[o]
                   for o in row] for row in options]
         shared = sorted({seq[0] for row in forms for opt in row for seq in opt
                          if len(seq) > 1 and self._shared_first(seq[0], row)})
-        second = {t: self._answer_probs(original, then=t) for t in shared}
+        first, second = self._answer_probs(original, then=shared)
         out = []
         for row, row_forms in enumerate(forms):
             mass = []
@@ -180,29 +180,51 @@ class HFVLMAdapter(Adapter):
         lengths = {len(seq) > 1 for option in row_forms for seq in option if seq[0] == token}
         return len(owners) > 1 or len(lengths) > 1
 
-    def _answer_probs(self, inputs: dict, *, then: int | None = None) -> torch.Tensor:
-        """(rows, vocab) next-token probabilities at the answer position, or one token later (`then` appended to
-        every row: the tensors laid out like input_ids grow by one column)."""
-        if then is None:
-            shared = self.shared(inputs)
-            if shared is not None:
-                start = shared.start
-                ahead = {k: v[:, start:] for k, v in shared.inputs.items() if k != "attention_mask"}
-                inputs = {**ahead, "attention_mask": shared.inputs["attention_mask"],
-                          "position_ids": shared.positions()[:, start:], cache_argument(self.model): shared.cache}
-        else:
-            ids = inputs["input_ids"]
-            grown = {}
-            for k, v in inputs.items():
-                if torch.is_tensor(v) and v.dim() == 2 and v.shape == ids.shape:
-                    fill = {"input_ids": then, "attention_mask": 1, "token_type_ids": self.answer_token_type}.get(k, 0)
-                    v = torch.cat([v, torch.full((len(v), 1), fill, dtype=v.dtype, device=v.device)], dim=1)
-                grown[k] = v
-            inputs = grown
-        inputs = dict(inputs)
+    def _answer_probs(self, inputs: dict, *, then: list[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """(rows, vocab) next-token probabilities at the answer position, and for each token `t` of `then` those one
+        token later, with `t` appended to every row. Where the batch shares its prefixes, each `t` is a one-token
+        pass over the answer position's key/value cache; otherwise the whole batch runs again with `t` appended."""
+        shared = self.shared(inputs, new_tokens=1 + bool(then))
+        if shared is None:
+            first = self._last_probs(dict(inputs))
+            return first, {t: self._last_probs(self._grown(inputs, t)) for t in then}
+        start = shared.start
+        ahead = {k: v[:, start:] for k, v in shared.inputs.items() if k != "attention_mask"}
+        mask = shared.inputs["attention_mask"]
+        step = {**ahead, "attention_mask": mask, "position_ids": shared.positions()[:, start:],
+                cache_argument(self.model): shared.cache}
+        out = self.model(**self._keep_last(step))
+        first = torch.softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+        if not then:
+            return first, {}
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or shared.cache
+        mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=1)
+        tokenwise = [k for k, v in ahead.items() if torch.is_tensor(v) and v.shape == ahead["input_ids"].shape]
+        second = {}
+        position = _prefix.positions(mask)[:, -1:]
+        for t in then:
+            one = {k: torch.full_like(ahead[k][:, -1:], self._fill(k, t)) for k in tokenwise}
+            second[t] = self._last_probs({**one, "attention_mask": mask, "position_ids": position,
+                                          cache_argument(self.model): _prefix.branch(cache)})
+        return first, second
+
+    def _grown(self, inputs: dict, then: int) -> dict:
+        """The inputs with `then` appended to every row (per-token tensors grow by one column)."""
+        ids = inputs["input_ids"]
+        return {k: torch.cat([v, torch.full((len(v), 1), self._fill(k, then), dtype=v.dtype, device=v.device)], 1)
+                if torch.is_tensor(v) and v.shape == ids.shape else v for k, v in inputs.items()}
+
+    def _fill(self, key: str, then: int) -> int:
+        """A per-token tensor's value at an appended answer token."""
+        return {"input_ids": then, "attention_mask": 1, "token_type_ids": self.answer_token_type}.get(key, 0)
+
+    def _keep_last(self, inputs: dict) -> dict:
         if accepts(self.model, "logits_to_keep"):
-            inputs["logits_to_keep"] = 1  # only the answer position's logits are read
-        logits = self.model(**inputs).logits[:, -1, :].float()  # left padding: the last position answers
+            inputs = {**inputs, "logits_to_keep": 1}  # only the answer position's logits are read
+        return inputs
+
+    def _last_probs(self, inputs: dict) -> torch.Tensor:
+        logits = self.model(**self._keep_last(inputs)).logits[:, -1, :].float()  # left padding: last position answers
         return torch.softmax(logits, dim=-1).cpu()
 
     def option_sequences(self, option: str, *, variants: bool = True) -> list[tuple[int, ...]]:

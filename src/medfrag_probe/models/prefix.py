@@ -169,6 +169,14 @@ def _stack(prefixes: list[_Prefix], width: int):
     return stacked
 
 
+def branch(cache):
+    """A cache that a forward may extend while `cache` stays as it is: the layers are copied shallowly, and the
+    layers of transformers' dynamic caches extend by concatenation into new tensors, never writing in place."""
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
+
+
 def cache_argument(model) -> str:
     """The keyword a model's forward takes its key/value cache by (`cache` from transformers 5.2x on)."""
     return "cache" if accepts(model, "cache") else "past_key_values"
