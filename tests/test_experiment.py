@@ -42,9 +42,26 @@ def _outputs(out) -> dict:
     return {"bridge": bridge, "probes": probes, "answers": answers}
 
 
-def test_a_second_run_does_no_model_work_and_changing_one_model_redoes_only_its_part(tmp_path, monkeypatch, capsys):
-    config = _write(tmp_path, SMALL)
-    first = run(config, out=tmp_path / "out")
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """One run of SMALL, shared by the tests that read it (each copies it before changing anything)."""
+    root = tmp_path_factory.mktemp("small-study")
+    config = _write(root, SMALL)
+    first = run(config, out=root / "out")
+    return config, root / "out", first
+
+
+def _copy(study, tmp_path):
+    import shutil
+
+    config, out, first = study
+    shutil.copytree(out, tmp_path / "out")
+    return config, tmp_path / "out", first
+
+
+def test_a_second_run_does_no_model_work_and_changing_one_model_redoes_only_its_part(tmp_path, monkeypatch, capsys,
+                                                                                     small_study):
+    config, out, first = _copy(small_study, tmp_path)
     assert first["model_work"] == 2 * 2 * 3  # extract + vqa + intervene for 2 models x 2 tasks
     before = _outputs(tmp_path / "out")
 
@@ -75,10 +92,9 @@ class _Killed(Exception):
     pass
 
 
-def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch):
-    config = _write(tmp_path, SMALL)
-    run(config, out=tmp_path / "clean")
-    clean = _outputs(tmp_path / "clean")
+def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch, small_study):
+    config, out, _ = small_study
+    clean = _outputs(out)
 
     import medfrag_probe.answering.run as vqa_run
 
@@ -101,9 +117,8 @@ def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch):
     assert _outputs(tmp_path / "killed") == clean
 
 
-def test_report_has_every_section_and_embedded_figures(tmp_path):
-    out = tmp_path / "out"
-    run(_write(tmp_path, SMALL), out=out)
+def test_report_has_every_section_and_embedded_figures(tmp_path, small_study):
+    _, out, _ = _copy(small_study, tmp_path)
     paths = report(out)
     page = paths["html"].read_text()
     for section in ("Verdicts per task and model", "paired deltas", "Prompt sensitivity", "Layer curves",
