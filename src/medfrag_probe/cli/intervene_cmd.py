@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 def intervene_command(
     model: Model,
     data: Data,
-    task: Annotated[str, typer.Option("--task", "-t", help="Task name (see `vqa tasks`) or task file.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="Task name under configs/tasks/ or a path to a task file.")],
     probes: Annotated[Optional[Path], typer.Option(help="Probe output folder holding the linear probe of the "
                                                    "'projector' point for this model and data: its outer folds "
                                                    "decide which samples fit each subspace. Without it, "
