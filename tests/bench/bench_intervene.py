@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from bench_vqa import build
+from bench_vqa import shaped_adapter
 
 from medfrag_probe import intervene
 
@@ -50,16 +49,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=8)
     args = parser.parse_args()
-    import torch
-
-    from medfrag_probe._log import set_quiet
     from medfrag_probe.models.loading import load_adapter
 
-    set_quiet(True)
-    torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shaped = load_adapter(build(tmp / "model"), lm=True)
+        shaped = shaped_adapter(tmp / "model")
         data = f"synth:chest-xray?n={2 * args.images}&size=224"
         figures = compare(shaped, data, tmp, images=args.images, name="llava15")
         tiny = compare(load_adapter("tiny:llava", lm=True), f"synth:chest-xray?n={4 * args.images}", tmp,

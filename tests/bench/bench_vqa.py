@@ -53,6 +53,18 @@ def build(out: Path) -> str:
     return f"hf:{out}"
 
 
+def shaped_adapter(folder: Path):
+    """The LLaVA-1.5-shaped model built into `folder` and loaded with its language model, quietly, on every core."""
+    import torch
+
+    from medfrag_probe._log import set_quiet
+    from medfrag_probe.models.loading import load_adapter
+
+    set_quiet(True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return load_adapter(build(folder), lm=True)
+
+
 class Counting:
     """Counts generate calls of a loaded adapter."""
 
@@ -99,16 +111,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch-images", type=int, default=8)
     args = parser.parse_args()
-    import torch
-
-    from medfrag_probe._log import set_quiet
-    from medfrag_probe.models.loading import load_adapter
-
-    set_quiet(True)
-    torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        adapter = load_adapter(build(tmp / "model"), lm=True)
+        adapter = shaped_adapter(tmp / "model")
         closed = dict(prompts="yes_no,multiple_choice", max_new_tokens=16, describe_with=None)
         small = f"synth:brain-mri?n={args.batch_images}&size=224"
         b1_s, b1 = timed(adapter, small, "synth-brain-mri", tmp / "b1", size=1, share=False, **closed)
