@@ -7,10 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
-from . import prefix as _prefix
 from .base import Adapter, Point, PointBatch, find_module
 from .hf_common import LM_CANDIDATES, lm_points, load_pretrained, vision_only_config, vit_tower_points
-from .prefix import PrefixMemo, SharedBatch, accepts, cache_argument, laid_width, prefill, prefix_lengths
+from .prefix import (
+    PrefixMemo,
+    SharedBatch,
+    accepts,
+    branch,
+    cache_argument,
+    laid_width,
+    positions,
+    prefill,
+    prefix_lengths,
+)
 
 PROJECTOR_ORDER = 900
 
@@ -152,9 +161,9 @@ class HFVLMAdapter(Adapter):
         first token, and by its second where the first begins other forms too (a bare space token, or "N" of both
         "No" and "Normal"): P(t1) P(t2 | t1), from one more forward pass per such first token."""
         original = {k: v for k, v in inputs.items() if k != "labels"}  # PaliGemma's processor adds labels
-        known: dict[str, list] = {}  # rows usually share their options: tokenise each option once
-        forms = [[known.setdefault(o, self.option_sequences(o, variants=variants)) if o not in known else known[o]
-                  for o in row] for row in options]
+        # rows usually share their options: tokenise each distinct option once
+        known = {o: self.option_sequences(o, variants=variants) for o in {o for row in options for o in row}}
+        forms = [[known[o] for o in row] for row in options]
         shared = sorted({seq[0] for row in forms for opt in row for seq in opt
                          if len(seq) > 1 and self._shared_first(seq[0], row)})
         first, second = self._answer_probs(original, then=shared)
@@ -201,11 +210,11 @@ class HFVLMAdapter(Adapter):
         mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=1)
         tokenwise = [k for k, v in ahead.items() if torch.is_tensor(v) and v.shape == ahead["input_ids"].shape]
         second = {}
-        position = _prefix.positions(mask)[:, -1:]
+        position = positions(mask)[:, -1:]
         for t in then:
             one = {k: torch.full_like(ahead[k][:, -1:], self._fill(k, t)) for k in tokenwise}
             second[t] = self._last_probs({**one, "attention_mask": mask, "position_ids": position,
-                                          cache_argument(self.model): _prefix.branch(cache)})
+                                          cache_argument(self.model): branch(cache)})
         return first, second
 
     def _grown(self, inputs: dict, then: int) -> dict:

@@ -17,6 +17,7 @@ not penalised), so `penalty_scales` (P, D) = r^2 gives each problem its own stan
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -50,15 +51,9 @@ def _targets(codes, n_classes: int, binary: bool, dtype):
     if binary:
         Y = codes[:, None, None] if codes.ndim == 1 else codes[:, None, :]
     else:
-        onehot = torch.nn.functional.one_hot(codes, n_classes) if torchy else _eye(n_classes)[codes]
-        Y = onehot[..., None] if codes.ndim == 1 else (onehot.permute(0, 2, 1) if torchy else onehot.transpose(0, 2, 1))
+        onehot = torch.nn.functional.one_hot(codes, n_classes) if torchy else np.eye(n_classes)[codes]
+        Y = onehot[..., None] if codes.ndim == 1 else onehot.swapaxes(1, 2)  # (N, P, K) -> (N, K, P)
     return Y.to(dtype) if torchy else Y.astype(dtype)
-
-
-def _eye(n: int):
-    import numpy as np
-
-    return np.eye(n)
 
 
 def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, n_classes: int, max_iter: int = 500,
@@ -98,7 +93,6 @@ def logistic_path_cpu(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500, t
     L-BFGS-B on NumPy arrays in float64. For a few hundred rows the torch path spends its time in per-operation
     overhead (one closure call costs ~0.7 ms, the product itself microseconds); this path costs a fraction of that.
     Takes and yields torch tensors like `logistic_path`."""
-    import numpy as np
     from scipy.optimize import minimize
 
     Xn = X.detach().cpu().numpy().astype(np.float64)
