@@ -85,6 +85,7 @@ def _same(a, b):
                 assert np.array_equal(fa[f"emb/{point}/{pooling}"][()], fb[f"emb/{point}/{pooling}"][()])
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     _single(tmp_path / "one.h5")  # also builds tiny:clip once
     proc = _torchrun(tmp_path / "two.h5")

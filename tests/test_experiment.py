@@ -92,6 +92,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_run_killed_midway_resumes_to_the_same_outputs(tmp_path, monkeypatch, small_study):
     config, out, _ = small_study
     clean = _outputs(out)

@@ -100,6 +100,7 @@ extract("tiny:clip", "synth:histology?n=480&size=64", out=sys.argv[1], batch_siz
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path):
     """A real `kill -9` of the extraction process loses nothing that was finished."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

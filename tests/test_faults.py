@@ -156,6 +156,7 @@ def test_a_second_extract_on_the_same_cache_is_refused_and_a_killed_holder_frees
     assert result.extracted == 8 and verify(out) == []
 
 
+@pytest.mark.slow
 def test_two_extract_processes_at_once_leave_one_complete_cache(tmp_path):
     """The second command starts while the first holds the cache (forced by waiting for its lock file): it exits 2
     naming the other run, and the first finishes a cache with every sample done."""

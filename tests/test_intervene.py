@@ -73,6 +73,7 @@ def test_leace_leaves_equal_class_means_and_no_linear_signal(classes):
     assert before > 0.9 and after < 1 / classes + 0.12
 
 
+@pytest.mark.slow
 def test_organisms_sound_uses_the_probed_signal_and_reasoning_and_vision_do_not(tmp_path):
     data = "synth:brain-mri?n=128&seed=3"
     records = {}

@@ -197,8 +197,8 @@ def test_patient_groups_reach_the_inner_c_search_inside_a_pipeline(monkeypatch):
 
 @pytest.mark.parametrize("classes", [2, 4])
 def test_the_small_problem_solver_reaches_the_torch_solvers_objective(classes):
-    """SciPy's L-BFGS-B path (small CPU problems) and the batched torch path solve the same objective, per-problem
-    standardisation included: their objectives agree at every C of the walk."""
+    """SciPy's L-BFGS-B path and Newton's method (small CPU problems) and the batched torch path solve the same
+    objective, per-problem standardisation included: their objectives agree at every C of the walk."""
     import torch
 
     from medfrag_probe.probes import solver
@@ -214,11 +214,36 @@ def test_the_small_problem_solver_reaches_the_torch_solvers_objective(classes):
     Y = solver._targets(yt, classes, classes == 2, torch.float32)
     Cs = [0.001, 0.1, 10.0]
     paths = [list(f(Xt, yt, mt, Cs, n_classes=classes, penalty_scales=scales, tol=1e-6))
-             for f in (solver.logistic_path, solver.logistic_path_cpu)]
-    for C, (Wa, ba), (Wb, bb) in zip(Cs, *paths):
+             for f in (solver.logistic_path, solver.logistic_path_cpu, solver.logistic_path_newton)]
+    for C, *solutions in zip(Cs, *paths):
         losses = [float(solver._loss_grad(Xt, Xt.T.contiguous(), Y, mt, mt.sum(1), W, b, C, classes == 2, scales)[0])
-                  for W, b in ((Wa, ba), (Wb, bb))]
+                  for W, b in solutions]
         assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
+        assert losses[2] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_newton_converges_where_l_bfgs_runs_out_of_steps(classes):
+    """Weak regularisation on nearly separable classes (C = 100, 150 rows x 64 features, 40 random label vectors:
+    the permutation refits' case): L-BFGS stops at its step limit short of the optimum; Newton's method reaches a
+    gradient below the tolerance (1e-4) and a lower objective."""
+    import torch
+
+    from medfrag_probe.probes import solver
+
+    rng = np.random.default_rng(classes + 10)
+    X = torch.from_numpy(rng.normal(size=(150, 64)).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, classes, (40, 150))).long()
+    masks = torch.ones(40, 150)
+    Y = solver._targets(codes.T, classes, classes == 2, torch.float32)
+    objective = {}
+    for name, f in (("lbfgs", solver.logistic_path), ("newton", solver.logistic_path_newton)):
+        W, b = next(iter(f(X, codes, masks, [100.0], n_classes=classes, max_iter=100)))
+        loss, gW, gb = solver._loss_grad(X.double(), X.T.double().contiguous(), Y.double(), masks.double(),
+                                         masks.sum(1).double(), W.double(), b.double(), 100.0, classes == 2)
+        objective[name] = (float(loss), float(max(gW.abs().max(), gb.abs().max())))
+    assert objective["newton"][0] < objective["lbfgs"][0] - 1e-3
+    assert objective["newton"][1] < 1e-4 < objective["lbfgs"][1]
 
 
 def test_knn_softmax_votes_by_hand():

@@ -18,13 +18,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._registry import Registry
 from ..devices import resolve_device
-from .solver import logistic_path, logistic_path_cpu
+from .solver import logistic_path, logistic_path_cpu, logistic_path_newton
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 8))
 
 
 SMALL_WORK = 20_000_000  # rows x features x problems x logit columns below which one CPU thread is fastest
 SCIPY_WORK = 2_000_000  # ... below which SciPy's L-BFGS-B on NumPy beats torch's per-operation overhead (about 2x)
+NEWTON_PARAMS = 520  # parameters per problem, (features + 1) x logit columns, up to which CPU solves use Newton
 
 
 @contextlib.contextmanager
@@ -103,7 +104,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         scales = torch.from_numpy(self._penalty_scales(X, masks)).to(dev)
         path, scores = [], []
         work = Xt.shape[0] * Xt.shape[1] * len(masks) * max(len(self.classes_) - 1, 1)
-        solve = _solver(dev, work)
+        solve = _solver(dev, work, X.shape[1], len(self.classes_))
         with cpu_threads(dev, work):
             for W, b in solve(Xt, yt.long(), torch.from_numpy(masks).to(dev), Cs, n_classes=len(self.classes_),
                               max_iter=self.max_iter, tol=self.tol, penalty_scales=scales):
@@ -161,9 +162,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         masks = torch.ones(len(codes), len(X), device=dev)
         work = Xt.shape[0] * Xt.shape[1] * len(codes) * max(n_classes - 1, 1)
         with cpu_threads(dev, work):
-            W, b = next(iter(_solver(dev, work)(Xt, torch.from_numpy(np.asarray(codes)).long().to(dev), masks,
-                                                [self.C_], n_classes=n_classes, max_iter=self.max_iter,
-                                                tol=self.tol)))
+            solve = _solver(dev, work, X.shape[1], n_classes)
+            W, b = next(iter(solve(Xt, torch.from_numpy(np.asarray(codes)).long().to(dev), masks, [self.C_],
+                                   n_classes=n_classes, max_iter=self.max_iter, tol=self.tol)))
         Z = torch.from_numpy((np.asarray(X_test, dtype=np.float32) - self.mean_) / self.scale_).to(dev)
         return _probabilities((torch.einsum("nd,pdk->pnk", Z, W) + b[:, None, :]).cpu().numpy())
 
@@ -233,9 +234,15 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(1)]
 
 
-def _solver(device: torch.device, work: float):
-    """SciPy's L-BFGS-B for small CPU problems, the batched torch path otherwise (see `SCIPY_WORK`)."""
-    return logistic_path_cpu if device.type == "cpu" and work < SCIPY_WORK else logistic_path
+def _solver(device: torch.device, work: float, features: int, n_classes: int):
+    """On the CPU, for small solves (`SMALL_WORK`): Newton's method where problems have few parameters
+    (`NEWTON_PARAMS`; one Newton step costs about as much as parameters / 2 L-BFGS steps, worth it only where L-BFGS
+    would need many), else SciPy's L-BFGS-B for the smallest (`SCIPY_WORK`); the batched torch path otherwise."""
+    if device.type != "cpu" or work >= SMALL_WORK:
+        return logistic_path
+    if (features + 1) * (1 if n_classes == 2 else n_classes) <= NEWTON_PARAMS:
+        return logistic_path_newton
+    return logistic_path_cpu if work < SCIPY_WORK else logistic_path
 
 
 def _probabilities(logits: np.ndarray) -> np.ndarray:
