@@ -109,6 +109,15 @@ def logistic_path_cpu(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500, t
         yield W, b
 
 
+def _fit_terms(Z, Y, binary: bool):
+    """Probabilities and per-entry log-loss terms of NumPy logits Z (N, K', P) against targets Y (see `_targets`)."""
+    if binary:
+        return 0.5 * (1 + np.tanh(0.5 * Z)), np.logaddexp(0, Z) - Z * Y  # a stable sigmoid
+    Z = Z - Z.max(1, keepdims=True)
+    logp = Z - np.log(np.exp(Z).sum(1, keepdims=True))
+    return np.exp(logp), -(logp * Y)
+
+
 def _numpy_objective(X, y, masks, n_classes: int, penalty_scales=None):
     """fun(params, C) -> (loss, gradient) of every problem together, in float64 NumPy, on flat parameters: W (P, D, K')
     then b (P, K'). The same objective as `_loss_grad`."""
@@ -127,15 +136,7 @@ def _numpy_objective(X, y, masks, n_classes: int, penalty_scales=None):
     def fun(params, C):
         W = params[:P * D * K].reshape(P, D, K)
         b = params[P * D * K:].reshape(P, K)
-        Z = (Xn @ W.transpose(1, 2, 0).reshape(D, K * P)).reshape(-1, K, P) + b.T
-        if binary:
-            prob = 0.5 * (1 + np.tanh(0.5 * Z))  # a stable sigmoid
-            nll = np.logaddexp(0, Z) - Z * Y
-        else:
-            Z = Z - Z.max(1, keepdims=True)
-            logp = Z - np.log(np.exp(Z).sum(1, keepdims=True))
-            prob = np.exp(logp)
-            nll = -(logp * Y)
+        prob, nll = _fit_terms((Xn @ W.transpose(1, 2, 0).reshape(D, K * P)).reshape(-1, K, P) + b.T, Y, binary)
         SW = W if S is None else W * S[:, :, None]
         loss = (nll * weight).sum() + ((W * SW).sum((1, 2)) / (2 * C * n)).sum()
         G = (prob - Y) * weight
@@ -184,15 +185,7 @@ def logistic_path_newton(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500
 
     def evaluate(theta, C):
         """Per-problem losses (P,), gradients (P, K', D + 1) and probabilities (N, K', P)."""
-        Z = np.einsum("nd,pkd->nkp", X1, theta)
-        if binary:
-            prob = 0.5 * (1 + np.tanh(0.5 * Z))  # a stable sigmoid
-            nll = np.logaddexp(0, Z) - Z * Y
-        else:
-            Z = Z - Z.max(1, keepdims=True)
-            logp = Z - np.log(np.exp(Z).sum(1, keepdims=True))
-            prob = np.exp(logp)
-            nll = -(logp * Y)
+        prob, nll = _fit_terms(np.einsum("nd,pkd->nkp", X1, theta), Y, binary)
         W = theta[:, :, :D]
         loss = (nll * weight).sum((0, 1)) + (S[:, None, :] * W ** 2).sum((1, 2)) / (2 * C * n)
         grad = np.einsum("nkp,nd->pkd", (prob - Y) * weight, X1)
