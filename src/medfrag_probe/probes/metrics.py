@@ -89,6 +89,7 @@ def design_effects(labels: np.ndarray, probas: np.ndarray, weights: np.ndarray, 
     n_perm = len(probas)
     if n_perm < 2:
         return {}
+    groups = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]  # patient codes, found once
     values: dict[str, list] = {}
     variances: dict[str, list] = {}
     for labels_p, proba_p in zip(labels, probas):
@@ -112,7 +113,8 @@ def design_effects(labels: np.ndarray, probas: np.ndarray, weights: np.ndarray, 
 def clustered_auroc_variance(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, n_classes: int) -> float | None:
     """Variance of the AUROC (binary, or macro one-vs-rest) with samples clustered by `groups`: DeLong's placement
     values summed per patient (Obuchowski's clustered form), G / (G - 1) x the sum of squared patient influences."""
-    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    groups = np.asarray(groups)
+    _, inverse = np.unique(groups if groups.dtype.kind in "iu" else groups.astype(str), return_inverse=True)
     n_groups = int(inverse.max()) + 1 if len(inverse) else 0
     classes = [1] if n_classes == 2 else [k for k in range(n_classes) if (y == k).any()]
     influence = np.zeros(n_groups)
