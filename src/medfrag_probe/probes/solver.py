@@ -185,10 +185,12 @@ def logistic_path_newton(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500
 
     def evaluate(theta, C):
         """Per-problem losses (P,), gradients (P, K', D + 1) and probabilities (N, K', P)."""
-        prob, nll = _fit_terms(np.einsum("nd,pkd->nkp", X1, theta), Y, binary)
+        # matrix products, not np.einsum (which loops without BLAS here)
+        Z = (X1 @ theta.transpose(2, 1, 0).reshape(D + 1, K * P)).reshape(N, K, P)
+        prob, nll = _fit_terms(Z, Y, binary)
         W = theta[:, :, :D]
         loss = (nll * weight).sum((0, 1)) + (S[:, None, :] * W ** 2).sum((1, 2)) / (2 * C * n)
-        grad = np.einsum("nkp,nd->pkd", (prob - Y) * weight, X1)
+        grad = (X1.T @ ((prob - Y) * weight).reshape(N, K * P)).reshape(D + 1, K, P).transpose(2, 1, 0).copy()
         grad[:, :, :D] += S[:, None, :] * W / (C * n)[:, None, None]
         return loss, grad, prob
 
