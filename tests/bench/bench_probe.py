@@ -19,8 +19,14 @@ probes="linear,knn", controls=False)` (C by inner group CV on each training fold
 predictions written; `ours_plain_bootstrap_s` the same with `permutations=0`, `permutation_cost` the ratio: what the
 intervals' design effect costs). Both run in this process, after their imports.
 
+`--solvers` times the three logistic solvers (`logistic_path_newton`, SciPy's `logistic_path_cpu`, torch's
+`logistic_path`) on one fold's permutation refits: 40 permuted label vectors over 384 x `--dim` (64) correlated
+Gaussian-class rows (a spectrum falling 100x, rotated), 4 classes, one thread, at C = 100 ... 1e-4; one JSON line
+per C with seconds and the mean objective per refit.
+
     python tests/bench/bench_probe.py [--layers 13] [--n 5000]
     python tests/bench/bench_probe.py --sweep [--sizes 100,300,1000,5000,20000] [--dim 64] [--layers 4]
+    python tests/bench/bench_probe.py --solvers [--dim 64]
 """
 
 from __future__ import annotations
@@ -145,6 +151,37 @@ def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
                       "max_linear_accuracy_delta": max(r["linear_accuracy_delta_max"] for r in rows)}))
 
 
+def solvers(dim: int) -> None:
+    """One JSON line per C: seconds and mean objective of each solver on 40 permutation refits (one thread)."""
+    import torch
+
+    from medfrag_probe.probes import solver
+    from medfrag_probe.probes.estimators import cpu_threads
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 384)
+    # correlated features, as a network's embeddings are: a spectrum falling 100x, rotated, then standardised
+    spectrum = np.logspace(0, -2, dim)
+    latent = (rng.normal(size=(384, dim)) + rng.normal(size=(4, dim))[y] * 0.3) * spectrum
+    X = latent @ np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    X = torch.from_numpy(((X - X.mean(0)) / X.std(0)).astype(np.float32))
+    codes = torch.from_numpy(np.stack([rng.permutation(y) for _ in range(40)])).long()
+    masks = torch.ones(40, 384)
+    Y = solver._targets(codes.T, 4, False, torch.float64)
+    paths = {"newton": solver.logistic_path_newton, "scipy": solver.logistic_path_cpu, "torch": solver.logistic_path}
+    with cpu_threads(torch.device("cpu"), 0):
+        for C in (100.0, 13.9, 1.93, 0.268, 0.0373, 1e-4):
+            row = {"C": C}
+            for name, path in paths.items():
+                start = time.perf_counter()
+                W, b = next(iter(path(X, codes, masks, [C], n_classes=4)))
+                row[f"{name}_s"] = round(time.perf_counter() - start, 3)
+                loss = solver._loss_grad(X.double(), X.T.double().contiguous(), Y, masks.double(),
+                                         masks.sum(1).double(), W.double(), b.double(), C, False)[0]
+                row[f"{name}_objective"] = round(float(loss) / 40, 6)
+            print(json.dumps(row), flush=True)
+
+
 def bootstrap_seconds(n: int = 10_000) -> float:
     from medfrag_probe.probes.metrics import bootstrap_weights, weighted_auroc
 
@@ -163,7 +200,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=None, help="default 768 (64 with --sweep)")
     parser.add_argument("--sweep", action="store_true", help="time ours against the plain loop over --sizes")
     parser.add_argument("--sizes", default="100,300,1000,5000,20000")
+    parser.add_argument("--solvers", action="store_true", help="time the three logistic solvers on permutation refits")
     args = parser.parse_args()
+    if args.solvers:
+        solvers(args.dim or 64)
+        return
     if args.sweep:
         sweep([int(v) for v in args.sizes.split(",")], dim=args.dim or 64, layers=min(args.layers, 4))
         return

@@ -217,7 +217,7 @@ def logistic_path_newton(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500
         # a few cheap L-BFGS steps first: strongly regularised problems converge within them
         start = np.concatenate([theta[:, :, :D].transpose(0, 2, 1).ravel(), theta[:, :, D].ravel()])
         params = minimize(flat, start, args=(C,), jac=True, method="L-BFGS-B",
-                          options={"maxiter": LBFGS_FIRST, "gtol": tol, "ftol": 1e-12, "maxcor": 20}).x
+                          options={"maxiter": min(LBFGS_FIRST, max_iter), "gtol": tol, "ftol": 1e-12, "maxcor": 20}).x
         theta = np.concatenate([params[:P * D * K].reshape(P, D, K).transpose(0, 2, 1),
                                 params[P * D * K:].reshape(P, K, 1)], axis=2)
         loss, grad, prob = evaluate(theta, C)
