@@ -97,7 +97,7 @@ def logistic_path_cpu(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500, t
 
     P, D = masks.shape[0], X.shape[1]
     K = 1 if n_classes == 2 else n_classes
-    fun = _numpy_objective(X, y, masks, n_classes, penalty_scales)
+    fun = _numpy_objective(_numpy_problems(X, y, masks, n_classes, penalty_scales))
     theta = np.zeros(P * D * K + P * K)
 
     for C in Cs:
@@ -118,26 +118,34 @@ def _fit_terms(Z, Y, binary: bool):
     return np.exp(logp), -(logp * Y)
 
 
-def _numpy_objective(X, y, masks, n_classes: int, penalty_scales=None):
-    """fun(params, C) -> (loss, gradient) of every problem together, in float64 NumPy, on flat parameters: W (P, D, K')
-    then b (P, K'). The same objective as `_loss_grad`."""
-    Xn = X.detach().cpu().numpy().astype(np.float64)
-    XT = np.ascontiguousarray(Xn.T)
-    yn = y.detach().cpu().numpy()
-    M = masks.detach().cpu().numpy().astype(np.float64)
-    S = None if penalty_scales is None else penalty_scales.detach().cpu().numpy().astype(np.float64)
+def _numpy_problems(X, y, masks, n_classes: int, penalty_scales=None) -> dict:
+    """The batched problems as float64 NumPy arrays, shared by the NumPy solvers: X (N, D), targets Y laid out like
+    the logits (see `_targets`), masks M (P, N), rows per problem n (P,), row weights (N, 1, P), penalty scales S
+    (P, D; ones when None), `binary` and K' (logit columns)."""
     binary = n_classes == 2
-    K = 1 if binary else n_classes
-    Y = _targets(yn if yn.ndim == 1 else yn.T, n_classes, binary, np.float64)
-    P, D = M.shape[0], Xn.shape[1]
+    M = masks.detach().cpu().numpy().astype(np.float64)
+    yn = y.detach().cpu().numpy()
     n = np.maximum(M.sum(1), 1)
-    weight = (M / n[:, None]).T[:, None, :]  # N, 1, P (logits are laid out (N, K', P), as in `_loss_grad`)
+    Xn = X.detach().cpu().numpy().astype(np.float64)
+    return {"X": Xn, "Y": _targets(yn if yn.ndim == 1 else yn.T, n_classes, binary, np.float64), "M": M, "n": n,
+            "weight": (M / n[:, None]).T[:, None, :], "binary": binary, "K": 1 if binary else n_classes,
+            "S": (np.ones((len(M), Xn.shape[1])) if penalty_scales is None
+                  else penalty_scales.detach().cpu().numpy().astype(np.float64))}
+
+
+def _numpy_objective(problems: dict):
+    """fun(params, C) -> (loss, gradient) of every problem together, in float64 NumPy, on flat parameters: W (P, D, K')
+    then b (P, K'). The same objective as `_loss_grad`; `problems` from `_numpy_problems`."""
+    Xn, Y, S, n, weight = (problems[k] for k in ("X", "Y", "S", "n", "weight"))  # weight: (N, 1, P), logits (N, K', P)
+    binary, K = problems["binary"], problems["K"]
+    XT = np.ascontiguousarray(Xn.T)
+    P, D = len(n), Xn.shape[1]
 
     def fun(params, C):
         W = params[:P * D * K].reshape(P, D, K)
         b = params[P * D * K:].reshape(P, K)
         prob, nll = _fit_terms((Xn @ W.transpose(1, 2, 0).reshape(D, K * P)).reshape(-1, K, P) + b.T, Y, binary)
-        SW = W if S is None else W * S[:, :, None]
+        SW = W * S[:, :, None]
         loss = (nll * weight).sum() + ((W * SW).sum((1, 2)) / (2 * C * n)).sum()
         G = (prob - Y) * weight
         gW = (XT @ G.reshape(-1, K * P)).reshape(D, K, P).transpose(2, 0, 1) + SW / (C * n)[:, None, None]
@@ -162,25 +170,14 @@ def logistic_path_newton(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500
     less than one Newton step costs; Newton's method takes over where they do not. Takes and yields torch tensors."""
     from scipy.optimize import minimize
 
-    Xn = X.detach().cpu().numpy().astype(np.float64)
-    N, D = Xn.shape
+    problems = _numpy_problems(X, y, masks, n_classes, penalty_scales)
+    Xn, Y, M, S, n, weight = (problems[k] for k in ("X", "Y", "M", "S", "n", "weight"))
+    binary, K = problems["binary"], problems["K"]
+    (N, D), P = Xn.shape, len(M)
     X1 = np.concatenate([Xn, np.ones((N, 1))], 1)  # the intercept as a last feature: parameters (P, K', D + 1)
     X1f = X1.astype(np.float32)  # the Hessian's products in float32 (half the time; the gradient stays in float64)
-    M = masks.detach().cpu().numpy().astype(np.float64)
-    P = M.shape[0]
-    S = np.ones((P, D)) if penalty_scales is None else penalty_scales.detach().cpu().numpy().astype(np.float64)
-    binary = n_classes == 2
-    K = 1 if binary else n_classes
-    yn = y.detach().cpu().numpy()
-    Y = _targets(yn if yn.ndim == 1 else yn.T, n_classes, binary, np.float64)  # (N, K', 1 or P)
-    n = np.maximum(M.sum(1), 1)
-    weight = (M / n[:, None]).T[:, None, :]  # N, 1, P
     rows = [np.flatnonzero(mask) for mask in M]
     m = K * (D + 1)
-    # the intercepts are not penalised; a softmax's intercepts may all move together without changing the loss, so
-    # a tiny ridge keeps that one flat direction of the Hessian solvable (the gradient has no part along it)
-    unpenalised = np.zeros((K, D + 1))
-    unpenalised[:, D] = 1e-10
     theta = np.zeros((P, K, D + 1))
 
     def evaluate(theta, C):
@@ -206,12 +203,15 @@ def logistic_path_newton(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500
         Xr = X1f[r]
         Q = (A[:, :, :, None] * Xr[:, None, None, :]).reshape(len(r), K * K * (D + 1))
         H = (Q.T @ Xr).reshape(K, K, D + 1, D + 1).transpose(0, 2, 1, 3).reshape(m, m).astype(np.float64)
-        ridge = unpenalised.copy()
+        # the penalty; the intercepts are not penalised, but a softmax's intercepts may all move together without
+        # changing the loss, so a tiny ridge keeps that one flat direction solvable (the gradient has no part along it)
+        ridge = np.empty((K, D + 1))
         ridge[:, :D] = S[p] / (C * n[p])
+        ridge[:, D] = 1e-10
         H[np.diag_indices(m)] += ridge.ravel()
         return H
 
-    flat = _numpy_objective(X, y, masks, n_classes, penalty_scales)
+    flat = _numpy_objective(problems)
     for C in Cs:
         C = float(C)
         # a few cheap L-BFGS steps first: strongly regularised problems converge within them
