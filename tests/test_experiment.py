@@ -42,6 +42,17 @@ def _outputs(out) -> dict:
     return {"bridge": bridge, "probes": probes, "answers": answers}
 
 
+def _close(a, b) -> bool:
+    """Equal structures whose floats agree to 1e-6 (relative; float32 sums in another order)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-3)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory):
     """One run of SMALL, shared by the tests that read it (each copies it before changing anything)."""
@@ -86,6 +97,50 @@ def test_a_second_run_does_no_model_work_and_changing_one_model_redoes_only_its_
                    ("vqa", "llava-med__synth-brain-mri"), ("vqa", "llava-med__synth-histology"),
                    ("intervene", "llava-med__synth-brain-mri"), ("intervene", "llava-med__synth-histology"),
                    ("bridge", "seed")}
+
+
+@pytest.mark.slow
+def test_units_run_in_parallel_give_the_outputs_of_a_one_job_run(tmp_path, monkeypatch, capsys, small_study):
+    """Two worker processes (one thread each) produce the stage log and the outputs of the one-process run."""
+    import medfrag_probe.experiment.runner as runner
+
+    config, out, first = small_study
+    monkeypatch.setattr(runner, "usable_cores", lambda: 2)  # two jobs even on a one-core machine
+    parallel = run(config, out=tmp_path / "parallel", jobs=2)
+    assert "4 units, 2 at a time (1 thread(s) each)" in capsys.readouterr().err
+    assert [(e["stage"], e["unit"], e["status"]) for e in parallel["stages"]] == \
+        [(e["stage"], e["unit"], e["status"]) for e in first["stages"]]
+    # the same outputs; the causal check's float sums may round differently on one thread
+    assert _close(_outputs(tmp_path / "parallel"), _outputs(out))
+    with pytest.raises(UserError, match="`jobs` must be a positive integer"):
+        run(config, out=tmp_path / "parallel", jobs=0)
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_probes_of_one_job_and_a_failing_unit_stops_the_run_with_its_error(tmp_path, monkeypatch):
+    """The parallel path on a cheap study (an image encoder, two tasks): the same probe results as one job; a unit
+    that fails in a worker raises its own one-line error in the caller, after the other finishes."""
+    import medfrag_probe.experiment.runner as runner
+
+    monkeypatch.setattr(runner, "usable_cores", lambda: 2)
+    study = {**ONE, "models": [{"spec": "tiny:clip", "label": "clip"}], "points": "vision.block.01",
+             "tasks": ONE["tasks"] + [{"task": "synth-chest-xray", "data": "synth:chest-xray?n=24"}]}
+    config = _write(tmp_path, study)
+    one, two = run(config, out=tmp_path / "one", jobs=1), run(config, out=tmp_path / "two", jobs=2)
+    assert [(e["stage"], e["unit"]) for e in one["stages"]] == [(e["stage"], e["unit"]) for e in two["stages"]]
+    results = {f: sorted(json.dumps({k: v for k, v in json.loads(line).items()
+                                    if k != "seconds" and str(tmp_path) not in str(v)})
+                         for p in (tmp_path / f / "probes" / "seed-0").glob("*/results.jsonl")
+                         for line in p.read_text().splitlines()) for f in ("one", "two")}
+    assert results["one"] == results["two"] and len(results["one"]) == 2
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "clip_vision_model"}')  # no weights: the load fails
+    bad = {**study, "models": [{"spec": f"hf:{broken}", "label": "broken"}]}
+    with pytest.raises(Exception) as failed:
+        run(_write(tmp_path, bad, "bad.yaml"), out=tmp_path / "bad", jobs=2)
+    assert str(broken) in str(failed.value) and "\n" not in str(failed.value)
 
 
 class _Killed(Exception):
@@ -141,6 +196,7 @@ def test_report_has_every_section_and_embedded_figures(tmp_path, small_study):
     ({"pairs": [["llava", "nobody"]]}, "pair member 'nobody' is not a listed model"),
     ({"probes": ["svm"]}, "unknown probe 'svm' in probes; valid:"),
     ({"folds": 1}, "folds must be an integer >= 2"),
+    ({"jobs": 0}, "jobs must be an integer >= 1, got 0"),
     ({"sweep": {"factor": "colour"}}, "unknown sweep factor 'colour'; valid: layer, pooling"),
     ({"sweep": {"factor": "resolution"}}, "sweep over resolution needs 'values'"),
     ({"vqa": {"conditions": ["image", "bogus"]}}, "vqa: unknown condition 'bogus'"),
@@ -187,6 +243,7 @@ def test_shipped_experiment_configs_are_valid():
     for name in names:
         config = load_config(name)
         assert config.models and config.tasks
+        assert config.name == name  # not the label of the last task a model names
 
 
 @pytest.mark.slow

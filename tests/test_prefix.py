@@ -163,3 +163,30 @@ def test_prefix_keys_tell_images_apart_in_any_dtype():
     assert _row_key(same, 0, 3, []) == _row_key(same, 1, 3, [])  # same image, same prefix, other question
     assert _row_key(inputs, 0, 3, []) != _row_key(inputs, 1, 3, [])  # another image
     assert _row_key(same, 0, 3, []) != _row_key(same, 0, 2, [])
+
+
+def test_gemma3_masks_built_by_the_adapter_are_those_transformers_builds(images):
+    """The adapter's own Gemma 3 masks (built without vmap) equal transformers' for left-padded rows of different
+    lengths, one past the sliding window, and the logits are the same bit for bit."""
+    import torch
+    from transformers.models.gemma3 import modeling_gemma3 as gemma3
+
+    adapter = _load("gemma3")
+    prompts = PROMPTS[:3] + ["Which? " + " ".join(["A. glioma B. meningioma C. pituitary"] * 4)]
+    inputs = adapter.chat_inputs(prompts, images)
+    lengths = inputs["attention_mask"].sum(1)
+    text = adapter.model.config.get_text_config()
+    assert len(set(lengths.tolist())) > 1 and int(lengths.max()) > text.sliding_window
+    mine = adapter.with_masks(inputs)["attention_mask"]
+    embeds = torch.zeros(*inputs["input_ids"].shape, text.hidden_size)
+    theirs = gemma3.create_masks_for_vision_model(
+        config=text, inputs_embeds=embeds, attention_mask=inputs["attention_mask"], cache=None, position_ids=None,
+        block_sequence_ids=gemma3.get_block_sequence_ids_for_mask(inputs["token_type_ids"]))
+    assert set(mine) == set(theirs) == {"full_attention", "sliding_attention"}
+    for kind in theirs:
+        assert torch.equal(theirs[kind].expand_as(mine[kind]), mine[kind]), kind
+    assert not torch.equal(mine["full_attention"], mine["sliding_attention"]), "the window cuts the longest row"
+    with torch.inference_mode():
+        assert torch.equal(adapter.model(**inputs).logits, adapter.model(**{**inputs, "attention_mask": mine}).logits)
+    assert adapter.with_masks({k: v for k, v in inputs.items() if k != "token_type_ids"}).get("attention_mask") is \
+        inputs["attention_mask"], "without token types the inputs go through unchanged"

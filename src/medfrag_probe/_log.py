@@ -47,6 +47,11 @@ def set_quiet(quiet: bool) -> None:
     set_level(logging.WARNING if quiet else logging.INFO)
 
 
+def logger_level() -> int:
+    """The package's log level (to hand to a worker process)."""
+    return logger.level
+
+
 def set_level(level: int) -> None:
     """Set the package's log level (INFO by default; WARNING hides progress bars too)."""
     logger.setLevel(level)
@@ -60,9 +65,26 @@ def set_level(level: int) -> None:
             pass
 
 
+_BARS = [True]
+
+
 def is_quiet() -> bool:
-    """Whether progress output is silenced."""
-    return not logger.isEnabledFor(logging.INFO)
+    """Whether progress bars are silenced (`--quiet`, or a worker of a parallel study whose bars would interleave)."""
+    return not logger.isEnabledFor(logging.INFO) or not _BARS[0]
+
+
+def as_worker(name: str) -> None:
+    """Set up a worker process of a parallel run: no progress bars, each status line prefixed by `name`."""
+    _BARS[0] = False
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    for handler in logger.handlers:
+        handler.setFormatter(logging.Formatter(f"{name} | %(message)s"))
 
 
 def info(message: str) -> None:

@@ -14,6 +14,8 @@ Schema (every key optional but `models` and `tasks`; an unknown key is refused, 
                                                     # defaults to the task file's own `data`
     points: "vision.*,projector"   poolings: "cls,mean"   probes: [linear, knn]
     folds: 5   replicates: 1000   permutations: 40   controls: true   seeds: [0]
+    jobs: 1                        # units (model x task) run at once, each in its own process with its share of
+                                   # the CPU cores (`run --jobs` overrides); results are those of one job
     extract: {batch_size, device, dtype, store_dtype, prompt, workers}
     vqa: false | {conditions, prompts, max_new_tokens, describe_tokens, describe_with, limit, split, batch_size,
                   device, dtype, answer_mode}
@@ -37,7 +39,7 @@ from ..errors import UserError
 from ..specs import safe_name
 
 TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
-            "replicates", "permutations", "controls", "seeds", "extract", "vqa", "intervene", "bridge", "sweep")
+            "replicates", "permutations", "controls", "seeds", "jobs", "extract", "vqa", "intervene", "bridge", "sweep")
 MODEL_KEYS = ("spec", "label", "dtype", "trust_remote_code", "tasks", "vqa")
 TASK_KEYS = ("task", "data", "label")
 EXTRACT_KEYS = ("batch_size", "device", "dtype", "store_dtype", "prompt", "workers")
@@ -88,6 +90,7 @@ class Config:
     permutations: int = 40
     controls: bool = True
     seeds: list[int] = field(default_factory=lambda: [0])
+    jobs: int = 1
     extract: dict = field(default_factory=dict)
     vqa: dict | None = field(default_factory=dict)
     intervene: dict | None = field(default_factory=dict)
@@ -183,9 +186,9 @@ def validate(raw, path) -> Config:
     _unique([t.label for t in tasks], path, "task label")
     known = [t.label for t in tasks]
     for m in models:
-        for name in m.tasks or ():
-            if name not in known:
-                raise _fail(path, f"model {m.label!r} names task {name!r}, which the study does not list; tasks: "
+        for task in m.tasks or ():
+            if task not in known:
+                raise _fail(path, f"model {m.label!r} names task {task!r}, which the study does not list; tasks: "
                             f"{', '.join(t.label for t in tasks)}")
     pairs = [_pair(p, models, path) for p in raw.get("pairs") or []]
     probes = [str(p) for p in _listish(raw.get("probes", ["linear", "knn"]), path, "probes")]
@@ -224,6 +227,7 @@ def validate(raw, path) -> Config:
         replicates=_int(raw.get("replicates", 1000), path, "replicates", low=10),
         permutations=_permutations(raw.get("permutations", 40), path),
         controls=_bool(raw.get("controls", True), path, "controls"), seeds=seeds,
+        jobs=_int(raw.get("jobs", 1), path, "jobs"),
         extract=_check_extract(dict(_keys(raw.get("extract") or {}, EXTRACT_KEYS, path, "extract")), path),
         vqa=vqa if vqa is not False else None,
         intervene=intervene if intervene is not False and vqa is not False else None,

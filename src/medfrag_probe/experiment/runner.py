@@ -17,6 +17,7 @@ Layout under `out`: `cache/` (embeddings), `probes/seed-S/MODEL__TASK/`, `vqa/MO
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from .. import __version__
 from .._fs import output_lock, read_stamp, remove_stale_tmp, stamp_differences, write_stamp
-from .._log import info, warn
+from .._log import as_worker, info, logger_level, set_level, warn
 from .._provenance import device_info, versions
 from ..artifacts.answers import SUMMARY
 from ..artifacts.interventions import INTERVENTIONS
@@ -75,34 +76,31 @@ class _Stamps:
         write_stamp(self._path(name), identity)
 
 
-def run(config, *, out: str | Path | None = None) -> dict:
-    """Run every stage that is not up to date; write run.json; return {stages, model_work, out}."""
+def run(config, *, out: str | Path | None = None, jobs: int | None = None) -> dict:
+    """Run every stage that is not up to date; write run.json; return {stages, model_work, out}. `jobs` (default:
+    the config's `jobs`, 1) runs that many units at once, each in its own process (see `_run_units`)."""
     config = config if isinstance(config, Config) else load_config(config)
+    jobs = config.jobs if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"{option('jobs')} must be a positive integer (units run at once), not {jobs!r}")
     out = Path(out or config.out)
     check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, folder=True, what="study folder"):
         remove_stale_tmp(out)
         remove_stale_tmp(StudyLayout(out).stamps)
-        return _run_locked(config, out)
+        return _run_locked(config, out, jobs)
 
 
-def _run_locked(config: Config, out: Path) -> dict:
+def _run_locked(config: Config, out: Path, jobs: int) -> dict:
     layout = StudyLayout(out)
     if Path(config.path).is_file():
         shutil.copyfile(config.path, layout.config)
-    stamps, log = _Stamps(layout), []
+    stamps = _Stamps(layout)
     units = plan_units(config)
     warn_image_level(dict.fromkeys(u.data for u in units))
     start = time.perf_counter()
-    for unit in units:
-        stamps_of = {"model": model_stamp(unit.model.spec), "data_fingerprint": data_stamp(unit.data)}
-        extract_id = _extract(unit, config, layout, stamps, log, known=stamps_of)
-        for seed in config.seeds:
-            _probe(unit, config, layout, stamps, log, seed=seed, upstream=extract_id)
-        _curves(unit, config, layout, stamps, log, upstream=extract_id)
-        _vqa(unit, config, layout, stamps, log, known=stamps_of)
-        _intervene(unit, config, layout, stamps, log, known=stamps_of)
+    log = _run_units(units, config, out, jobs)
     for seed in config.seeds:
         _bridge(units, config, layout, stamps, log, seed=seed)
     model_work = sum(1 for entry in log if entry["status"] == "ran" and entry["stage"] in MODEL_STAGES)
@@ -112,6 +110,88 @@ def _run_locked(config: Config, out: Path) -> dict:
     info(f"run {config.name}: {sum(e['status'] == 'ran' for e in log)} stages ran, "
          f"{sum(e['status'] == 'up to date' for e in log)} up to date -> {out}")
     return {"stages": log, "model_work": model_work, "out": str(out)}
+
+
+def _run_unit(unit: Unit, config: Config, out: Path) -> list[dict]:
+    """Every stage of one unit but the bridge, in order; the unit's stage log."""
+    layout, log = StudyLayout(out), []
+    stamps = _Stamps(layout)
+    stamps_of = {"model": model_stamp(unit.model.spec), "data_fingerprint": data_stamp(unit.data)}
+    extract_id = _extract(unit, config, layout, stamps, log, known=stamps_of)
+    for seed in config.seeds:
+        _probe(unit, config, layout, stamps, log, seed=seed, upstream=extract_id)
+    _curves(unit, config, layout, stamps, log, upstream=extract_id)
+    _vqa(unit, config, layout, stamps, log, known=stamps_of)
+    _intervene(unit, config, layout, stamps, log, known=stamps_of)
+    return log
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _run_units(units: list[Unit], config: Config, out: Path, jobs: int) -> list[dict]:
+    """The units' stage logs, in unit order. With `jobs` > 1 (and as many cores), units run in that many worker
+    processes (spawned, so no thread pool is forked), each with its share of the cores as its torch and BLAS
+    threads, longest units first. Every unit writes its own files and stamps, and is seeded by the config alone,
+    so the results are those of a one-job run (up to float rounding: a job's sums run on fewer threads); the bridge
+    runs after all of them, here. When a unit fails, the
+    units in flight finish (their work is stamped) and the first error is raised."""
+    cores = usable_cores()
+    jobs = min(jobs, len(units), cores)
+    if jobs <= 1:
+        return [entry for unit in units for entry in _run_unit(unit, config, out)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    info(f"run {config.name}: {len(units)} units, {jobs} at a time ({cores // jobs} thread(s) each)")
+    logs: dict[int, list[dict]] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                             initargs=(cores // jobs, logger_level())) as pool:
+        order = sorted(range(len(units)), key=lambda i: -_weight(units[i], config))
+        futures = {pool.submit(_worker_unit, units[i], config, out): i for i in order}
+        try:
+            for future in as_completed(futures):
+                logs[futures[future]] = future.result()
+        except BrokenProcessPool:
+            raise UserError(f"a worker process of study {config.name} died (killed, or out of memory) before "
+                            f"{len(units) - len(logs)} of {len(units)} units finished; finished stages are kept: "
+                            f"run again with fewer {option('jobs')}") from None
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [entry for i in range(len(units)) for entry in logs[i]]
+
+
+def _weight(unit: Unit, config: Config) -> int:
+    """A unit's rough cost, to start the longest first: a model that answers questions runs VQA and the causal
+    check too; its VQA settings' image limit scales them."""
+    vqa = {**(config.vqa or {}), **unit.model.vqa}
+    return 1 + (generates(unit.model.spec) and config.vqa is not None) * (2 + int(vqa.get("limit") or 100) // 100)
+
+
+_WORKER = [False]  # whether this process is a worker of a parallel run
+
+
+def _start_worker(threads: int, level: int) -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    _WORKER[0] = True
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    set_level(level)
+
+
+def _worker_unit(unit: Unit, config: Config, out: Path) -> list[dict]:
+    as_worker(unit.key)
+    return _run_unit(unit, config, out)
 
 
 def plan_units(config: Config) -> list[Unit]:
@@ -203,6 +283,8 @@ def _extract(unit: Unit, config: Config, layout: StudyLayout, stamps: _Stamps, l
     start = time.perf_counter()
     options = {k: v for k, v in config.extract.items() if k in ("batch_size", "device", "store_dtype", "prompt",
                                                                   "workers")}
+    if _WORKER[0]:
+        options.setdefault("workers", 0)  # a worker of a parallel run decodes its images itself
     extract(unit.model.spec, unit.data, points=config.points, poolings=_poolings(config),
             out=layout.cache(unit.key), dtype=unit.model.dtype,
             trust_remote_code=unit.model.trust_remote_code, overwrite=stamps.known(name), **options)
