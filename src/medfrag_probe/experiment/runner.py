@@ -153,6 +153,8 @@ def _run_units(units: list[Unit], config: Config, out: Path, jobs: int) -> list[
     logs: dict[int, list[dict]] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                              initargs=(cores // jobs, logger_level())) as pool:
+        for _ in range(jobs):  # the workers import torch and transformers while the models are resolved here
+            pool.submit(_warm_worker)
         order = sorted(range(len(units)), key=lambda i: -_weight(units[i], config))
         futures = {pool.submit(_worker_unit, units[i], config, out): i for i in order}
         try:
@@ -187,6 +189,16 @@ def _start_worker(threads: int, level: int) -> None:
     torch.set_num_threads(threads)
     threadpool_limits(threads)
     set_level(level)
+
+
+def _warm_worker() -> None:
+    from ..answering import vqa  # noqa: F401
+    from ..extraction import extract  # noqa: F401
+    from ..intervention import intervene  # noqa: F401
+    from ..models.loading import load_registry
+    from ..probes import probe  # noqa: F401
+
+    load_registry()
 
 
 def _worker_unit(unit: Unit, config: Config, out: Path) -> list[dict]:
