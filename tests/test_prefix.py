@@ -166,27 +166,32 @@ def test_prefix_keys_tell_images_apart_in_any_dtype():
 
 
 def test_gemma3_masks_built_by_the_adapter_are_those_transformers_builds(images):
-    """The adapter's own Gemma 3 masks (built without vmap) equal transformers' for left-padded rows of different
-    lengths, one past the sliding window, and the logits are the same bit for bit."""
+    """The adapter's own Gemma 3 masks (built without vmap) equal the ones transformers builds and hands its language
+    model, for left-padded rows of different lengths, one past the sliding window; the logits are the same bit for
+    bit."""
     import torch
-    from transformers.models.gemma3 import modeling_gemma3 as gemma3
 
     adapter = _load("gemma3")
     prompts = PROMPTS[:3] + ["Which? " + " ".join(["A. glioma B. meningioma C. pituitary"] * 4)]
     inputs = adapter.chat_inputs(prompts, images)
     lengths = inputs["attention_mask"].sum(1)
-    text = adapter.model.config.get_text_config()
-    assert len(set(lengths.tolist())) > 1 and int(lengths.max()) > text.sliding_window
-    mine = adapter.with_masks(inputs)["attention_mask"]
-    embeds = torch.zeros(*inputs["input_ids"].shape, text.hidden_size)
-    theirs = gemma3.create_masks_for_vision_model(
-        config=text, inputs_embeds=embeds, attention_mask=inputs["attention_mask"], cache=None, position_ids=None,
-        block_sequence_ids=gemma3.get_block_sequence_ids_for_mask(inputs["token_type_ids"]))
-    assert set(mine) == set(theirs) == {"full_attention", "sliding_attention"}
+    assert len(set(lengths.tolist())) > 1
+    assert int(lengths.max()) > adapter.model.config.get_text_config().sliding_window
+    seen = []
+    hook = adapter.model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            theirs_logits = adapter.model(**inputs).logits
+            mine = adapter.with_masks(inputs)["attention_mask"]
+            mine_logits = adapter.model(**{**inputs, "attention_mask": mine}).logits
+    finally:
+        hook.remove()
+    theirs = seen[0]
+    assert set(mine) == set(theirs) == {"full_attention", "sliding_attention"} and seen[1] is mine
     for kind in theirs:
         assert torch.equal(theirs[kind].expand_as(mine[kind]), mine[kind]), kind
     assert not torch.equal(mine["full_attention"], mine["sliding_attention"]), "the window cuts the longest row"
-    with torch.inference_mode():
-        assert torch.equal(adapter.model(**inputs).logits, adapter.model(**{**inputs, "attention_mask": mine}).logits)
+    assert torch.equal(theirs_logits, mine_logits)
     assert adapter.with_masks({k: v for k, v in inputs.items() if k != "token_type_ids"}).get("attention_mask") is \
         inputs["attention_mask"], "without token types the inputs go through unchanged"
