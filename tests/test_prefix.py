@@ -188,7 +188,9 @@ def test_gemma3_masks_built_by_the_adapter_are_those_transformers_builds(images)
     finally:
         hook.remove()
     theirs = seen[0]
-    assert set(mine) == set(theirs) == {"full_attention", "sliding_attention"} and seen[1] is mine
+    # transformers builds the masks of the layer types the model has (5.4), or always both (later versions)
+    assert set(theirs) <= set(mine) == {"full_attention", "sliding_attention"} and seen[1] is mine
+    assert "sliding_attention" in theirs
     for kind in theirs:
         assert torch.equal(theirs[kind].expand_as(mine[kind]), mine[kind]), kind
     assert not torch.equal(mine["full_attention"], mine["sliding_attention"]), "the window cuts the longest row"
