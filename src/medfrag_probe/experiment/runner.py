@@ -139,8 +139,8 @@ def _run_units(units: list[Unit], config: Config, out: Path, jobs: int) -> list[
     processes (spawned, so no thread pool is forked), each with its share of the cores as its torch and BLAS
     threads, longest units first. Every unit writes its own files and stamps, and is seeded by the config alone,
     so the results are those of a one-job run (up to float rounding: a job's sums run on fewer threads); the bridge
-    runs after all of them, here. When a unit fails, the
-    units in flight finish (their work is stamped) and the first error is raised."""
+    runs after all of them, here. When a unit fails, the units in flight finish (their work is stamped) and the
+    first error is raised; a worker that dies (killed, out of memory) ends the run with a one-line error."""
     cores = usable_cores()
     jobs = min(jobs, len(units), cores)
     if jobs <= 1:
@@ -185,13 +185,13 @@ def _start_worker(threads: int, level: int) -> None:
     from threadpoolctl import threadpool_limits
 
     _WORKER[0] = True
-
     torch.set_num_threads(threads)
     threadpool_limits(threads)
     set_level(level)
 
 
 def _warm_worker() -> None:
+    """Import what every stage needs (run in each worker at start, while the parent resolves the models)."""
     from ..answering import vqa  # noqa: F401
     from ..extraction import extract  # noqa: F401
     from ..intervention import intervene  # noqa: F401
