@@ -55,14 +55,19 @@ def logger_level() -> int:
 def set_level(level: int) -> None:
     """Set the package's log level (INFO by default; WARNING hides progress bars too)."""
     logger.setLevel(level)
-    if level > logging.INFO:  # the weight-loading bars of transformers and huggingface_hub too
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        try:
-            import transformers
+    if level > logging.INFO:
+        _hide_library_bars()
 
-            transformers.utils.logging.disable_progress_bar()
-        except ImportError:
-            pass
+
+def _hide_library_bars() -> None:
+    """Hide the weight-loading bars of transformers and huggingface_hub."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 _BARS = [True]
@@ -76,13 +81,7 @@ def is_quiet() -> bool:
 def as_worker(name: str) -> None:
     """Set up a worker process of a parallel run: no progress bars, each status line prefixed by `name`."""
     _BARS[0] = False
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    _hide_library_bars()
     for handler in logger.handlers:
         handler.setFormatter(logging.Formatter(f"{name} | %(message)s"))
 

@@ -149,10 +149,11 @@ def _run_units(units: list[Unit], config: Config, out: Path, jobs: int) -> list[
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    info(f"run {config.name}: {len(units)} units, {jobs} at a time ({cores // jobs} thread(s) each)")
+    threads = cores // jobs
+    info(f"run {config.name}: {len(units)} units, {jobs} at a time ({threads} thread(s) each)")
     logs: dict[int, list[dict]] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                             initargs=(cores // jobs, logger_level())) as pool:
+                             initargs=(threads, logger_level())) as pool:
         for _ in range(jobs):  # the workers import torch and transformers while the models are resolved here
             pool.submit(_warm_worker)
         order = sorted(range(len(units)), key=lambda i: -_weight(units[i], config))
