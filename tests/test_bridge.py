@@ -284,8 +284,8 @@ def test_the_probes_design_effect_widens_its_interval_and_the_gap_interval(tmp_p
         return bridge(tmp_path / "probes", tmp_path / "vqa", out=tmp_path / folder, replicates=300, figures=False)[0]
 
     plain, wide = bridged({}, "b0"), bridged({"balanced_accuracy": 4.0}, "b1")
-    factor = inflation(4.0, 40)
-    assert factor == pytest.approx(2 * 2.0227 / 1.96, abs=1e-3)
+    factor = inflation(4.0, records[0]["permutations"])
+    assert records[0]["permutations"] == 20 and factor == pytest.approx(2 * 2.0930 / 1.96, abs=1e-3)  # 2 t(19) / z
     assert wide["probe_skill"] == plain["probe_skill"] and wide["vqa_skill_ci"] == plain["vqa_skill_ci"]
     for side in (0, 1):
         assert abs(wide["probe_skill_ci"][side] - wide["probe_skill"]) == pytest.approx(

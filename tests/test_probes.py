@@ -18,6 +18,7 @@ from medfrag_probe.errors import UserError
 from medfrag_probe.probes import KNNProbe, LinearProbe, probe
 from medfrag_probe.probes.metrics import bootstrap_scores, bootstrap_weights, inflation
 from medfrag_probe.probes.similarity import linear_cka
+from medfrag_probe.stats import PERMUTATIONS
 
 
 def write_cache(path, X, labels, *, groups=None, splits=None, point="layer", pooling="mean", classes=None):
@@ -223,6 +224,36 @@ def test_the_small_problem_solver_reaches_the_torch_solvers_objective(classes):
 
 
 @pytest.mark.parametrize("classes", [2, 4])
+def test_strongly_regularised_refits_converge_in_a_few_steps(classes, monkeypatch):
+    """At C = 1e-4 (the grid's strong end, where a weak signal's C lands) the weights are ~1 / (C n) stiffer than the
+    free intercepts: started from the class log-odds on rescaled parameters, 20 permutation refits of imbalanced
+    classes reach every gradient entry below the tolerance in a few objective evaluations (unscaled from zero: ~26)."""
+    import torch
+
+    from medfrag_probe.probes import solver
+
+    rng = np.random.default_rng(classes)
+    y = np.minimum(rng.integers(0, classes + 2, 240), classes - 1)  # the last class 3x as frequent
+    X = torch.from_numpy(rng.normal(size=(240, 64)).astype(np.float32))
+    codes = torch.from_numpy(np.stack([rng.permutation(y) for _ in range(20)])).long()
+    masks = torch.ones(20, 240)
+    calls = []
+    objective = solver._numpy_objective
+
+    def counted(problems):
+        fun = objective(problems)
+        return lambda params, C: calls.append(C) or fun(params, C)
+
+    monkeypatch.setattr(solver, "_numpy_objective", counted)
+    W, b = next(iter(solver.logistic_path_cpu(X, codes, masks, [1e-4], n_classes=classes)))
+    Y = solver._targets(codes.T, classes, classes == 2, torch.float64)
+    _, gW, gb = solver._loss_grad(X.double(), X.T.double().contiguous(), Y, masks.double(), masks.sum(1).double(),
+                                  W.double(), b.double(), 1e-4, classes == 2)
+    assert max(gW.abs().max(), gb.abs().max()) < 1e-4
+    assert len(calls) <= 8
+
+
+@pytest.mark.parametrize("classes", [2, 4])
 def test_newton_converges_where_l_bfgs_runs_out_of_steps(classes):
     """Weak regularisation on nearly separable classes (C = 100, 150 rows x 64 features, 40 random label vectors:
     the permutation refits' case): L-BFGS stops at its step limit short of the optimum; Newton's method reaches a
@@ -384,7 +415,7 @@ def test_paired_difference_detects_a_small_consistent_gain(tmp_path):
         width = np.diff(paired_difference(results["strong"].predictions, results["weak"].predictions)["delta_ci"])
         if name == "plain":
             plain_width = width[0]
-    assert width[0] == pytest.approx(inflation(9.0, 40) * plain_width, rel=1e-6)  # 3 x t(39) / z
+    assert width[0] == pytest.approx(inflation(9.0, PERMUTATIONS) * plain_width, rel=1e-6)  # 3 x t(P - 1) / z
 
 
 def test_knn_memory_bounded_chunks_give_the_same_answer():
@@ -392,6 +423,25 @@ def test_knn_memory_bounded_chunks_give_the_same_answer():
     whole = KNNProbe(chunk_size=10_000).fit(X[:2000], y[:2000]).predict_proba(X[2000:])
     bounded = KNNProbe(memory_mb=1).fit(X[:2000], y[:2000])  # 1 MiB -> 131 queries per chunk
     np.testing.assert_allclose(bounded.predict_proba(X[2000:]), whole, rtol=1e-6)
+
+
+def test_knn_permutation_refits_reuse_the_folds_search_and_a_refit_searches_again():
+    """The permutation refits ask for the neighbours the fold's own predictions found: relabelling the training rows
+    with their own labels gives the fold's vote shares, other labels give what a fresh probe gives, and after `fit`
+    on other rows the kept search is not reused."""
+    X, y = gaussian(900, 16, separation=1.0)
+    codes = np.stack([y[:600], np.random.default_rng(0).permutation(y[:600])])
+    probe = KNNProbe(memory_mb=1).fit(X[:600], y[:600])
+    own = probe.proba_at(X[600:], [None, 5])
+    again = probe.relabelled_at(X[:600], codes, X[600:], [None, 5], 2)
+    assert probe._last_search is not None
+    for k in (None, 5):
+        np.testing.assert_allclose(again[k][0], own[k], rtol=1e-6)
+        fresh = KNNProbe(memory_mb=1).fit(X[:600], y[:600]).relabelled_at(X[:600], codes, X[600:], [k], 2)[k]
+        np.testing.assert_allclose(again[k], fresh, rtol=1e-6)
+    probe.fit(X[300:], y[300:])  # other training rows, the same queries' bytes
+    np.testing.assert_allclose(probe.proba_at(X[600:], [None])[None],
+                               KNNProbe().fit(X[300:], y[300:]).predict_proba(X[600:]), rtol=1e-6)
 
 
 def test_learning_curves_leave_out_nan_rows_as_probe_does(tmp_path):
@@ -498,7 +548,7 @@ def test_knn_intervals_widen_to_the_spread_of_the_score_across_datasets(tmp_path
                      replicates=300)
         (p,) = probe([path], probes="knn", out=tmp_path / "p", controls=False, figures=False, seed=seed,
                      replicates=300, permutations=0)
-        assert r.balanced_accuracy == p.balanced_accuracy and r.permutations == 40 and p.design_effect == {}
+        assert r.balanced_accuracy == p.balanced_accuracy and r.permutations == PERMUTATIONS and p.design_effect == {}
         estimates.append(r.balanced_accuracy)
         widened.append((r.balanced_accuracy_ci[1] - r.balanced_accuracy_ci[0]) / (2 * 1.96))
         plain.append((p.balanced_accuracy_ci[1] - p.balanced_accuracy_ci[0]) / (2 * 1.96))
@@ -514,6 +564,91 @@ def test_permutations_must_be_zero_or_at_least_two(tmp_path):
     path = write_cache(tmp_path / "c.h5", X, y, groups=g)
     with pytest.raises(UserError, match="`permutations` must be 0"):
         probe([path], out=tmp_path / "o", permutations=1, figures=False)
+
+
+def test_stratified_group_folds_are_scikit_learns_fold_for_fold():
+    """The vectorised stratified group k-fold gives scikit-learn's StratifiedGroupKFold(shuffle=True) folds exactly,
+    over random sizes, class counts, patients per class, label schemes (per image, per patient), string patient
+    ids and seeds; inputs with fewer members in a class than folds go to scikit-learn itself."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from medfrag_probe.probes.splits import stratified_group_folds
+
+    rng = np.random.default_rng(5)
+    compared = 0
+    for trial in range(80):
+        n, classes, per = int(rng.integers(30, 400)), int(rng.integers(2, 7)), int(rng.integers(1, 7))
+        groups = rng.integers(0, max(2, n // per), n)
+        y = rng.integers(0, classes, n) if trial % 2 else np.repeat(rng.integers(0, classes, n), per)[:n]
+        groups = groups.astype(str) if trial % 3 == 0 else groups
+        k, seed = int(rng.integers(2, 7)), int(rng.integers(0, 10_000))
+        if trial == 0:
+            y[:] = 0
+            y[:2] = 1  # a class with 2 members and k > 2 below: scikit-learn's own warning path
+            k = 4
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                want = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(y, y, groups))
+            except ValueError:
+                continue
+            got = stratified_group_folds(y, groups, k, seed)
+        assert len(got) == len(want)
+        for (train, test), (train_sk, test_sk) in zip(got, want):
+            np.testing.assert_array_equal(train, train_sk)
+            np.testing.assert_array_equal(test, test_sk)
+        compared += 1
+    assert compared > 60
+
+
+def _design_effects_one_refit_at_a_time(labels, probas, weights, groups, n_classes):
+    """The design effect written out per refit with the public per-result statistics (the reference)."""
+    from medfrag_probe.probes.metrics import clustered_auroc_variance, point_scores
+
+    values, variances = {}, {}
+    for labels_p, proba_p in zip(labels, probas):
+        point = point_scores(labels_p, proba_p, n_classes)
+        variance = {name: np.nanvar(v) for name, v in
+                    bootstrap_scores(labels_p, proba_p, weights, n_classes, auroc=False).items()}
+        variance["auroc"] = clustered_auroc_variance(labels_p, proba_p, groups, n_classes)
+        for name, var in variance.items():
+            if point[name] is None or not np.isfinite(point[name]) or var is None:
+                continue
+            values.setdefault(name, []).append(point[name])
+            variances.setdefault(name, []).append(var)
+    return {name: float(np.var(v, ddof=1) / np.mean(variances[name])) for name, v in values.items()
+            if len(v) > 1 and np.mean(variances[name]) > 0}
+
+
+@pytest.mark.parametrize("classes, per, tied, absent", [(2, 1, False, False), (2, 5, True, False),
+                                                        (4, 6, False, False), (4, 3, True, True),
+                                                        (3, 4, True, True)])
+def test_design_effects_of_all_refits_at_once_equal_those_computed_refit_by_refit(classes, per, tied, absent):
+    """The vectorised design effect (every refit's scores, bootstrap variances and clustered DeLong variance at once)
+    equals the per-refit computation with the public statistics, with tied scores (kNN vote shares) and classes
+    missing from some refits' labels (a 2-class refit of a 4-class task, one with a single class)."""
+    from medfrag_probe.probes.metrics import PERMUTATION_REPLICATES, design_effects
+
+    rng = np.random.default_rng(classes * 100 + per)
+    n, P = 240, 12
+    groups = np.arange(n) // per
+    labels = np.stack([np.repeat(rng.integers(0, classes, n // per), per) for _ in range(P)])
+    if absent:
+        labels[0] = np.minimum(labels[0], 1)  # two classes only
+        labels[1] = 0  # one class: no AUROC, balanced accuracy over one class
+    logits = rng.normal(size=(P, n, classes)) + 0.5 * np.eye(classes)[labels]
+    probas = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)
+    if tied:
+        probas = np.round(probas * 5) / 5
+    probas = probas.astype(np.float32)
+    weights = bootstrap_weights(groups, replicates=PERMUTATION_REPLICATES)
+    got = design_effects(labels, probas, weights, groups.astype(str), classes)
+    want = _design_effects_one_refit_at_a_time(labels, probas, weights, groups, classes)
+    assert set(got) == set(want) == {"accuracy", "balanced_accuracy", "macro_f1", "auroc"}
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-5), name
 
 
 @pytest.mark.parametrize("classes, per", [(2, 1), (2, 6), (4, 6)])

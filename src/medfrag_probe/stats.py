@@ -19,6 +19,7 @@ import numpy as np
 
 REPLICATES = 1000
 SEED = 0
+PERMUTATIONS = 20  # permutation refits behind a probe interval's design effect (0: the plain bootstrap)
 
 
 def bootstrap_weights(groups, *, replicates: int = REPLICATES, seed: int = SEED) -> np.ndarray:
@@ -43,31 +44,39 @@ def auroc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float | None:
 
 
 def weighted_auroc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC for every row of `weights` (R, n): P(score_pos > score_neg) + 0.5 P(tie), one sort for all rows."""
+    """AUROC for every row of `weights` (R, n): P(score_pos > score_neg) + 0.5 P(tie), one sort for all rows.
+
+    After sorting, each positive outranks the negatives before its run of tied scores and ties with those inside it,
+    so its credit is the mean of the running negative weight at the two ends of its run: two gathers from one cumulative
+    sum over the negatives' weights (R x negatives), whatever the ties."""
     order = np.argsort(score, kind="stable")
-    s = score[order]
-    pos = positive[order]
-    tied = np.flatnonzero(s[1:] == s[:-1])
-    if not len(tied):
-        return _auroc_untied(pos, weights[:, order])
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of tied scores
-    w = weights[:, order]
-    pos_w = np.add.reduceat(w * pos, starts, axis=1)
-    neg_w = np.add.reduceat(w * ~pos, starts, axis=1)
-    below = np.cumsum(neg_w, axis=1) - neg_w
-    return _ratio((pos_w * (below + 0.5 * neg_w)).sum(1), pos_w.sum(1) * neg_w.sum(1))
-
-
-def _auroc_untied(pos: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """No ties: each positive counts the weight of the negatives sorted before it."""
-    neg_idx, pos_idx = np.flatnonzero(~pos), np.flatnonzero(pos)
-    if not len(neg_idx) or not len(pos_idx):
-        return np.full(len(w), np.nan)
-    neg_cum = np.cumsum(w[:, neg_idx], axis=1)
-    before = np.searchsorted(neg_idx, pos_idx)  # negatives sorted before each positive
-    below = np.where(before > 0, neg_cum[:, np.maximum(before - 1, 0)], 0.0)
-    pos_w = w[:, pos_idx]
-    return _ratio((pos_w * below).sum(1), pos_w.sum(1) * neg_cum[:, -1])
+    s, pos = score[order], positive[order]
+    neg = ~pos
+    if pos.all() or neg.all():
+        return np.full(len(weights), np.nan)
+    seen = np.cumsum(neg)  # negatives up to and including each sorted position
+    before = seen - neg  # negatives strictly before it
+    tied = s[1:] == s[:-1]
+    if tied.any():  # widen each position to its run of ties: negatives before the run, and up to its end
+        starts = np.flatnonzero(np.r_[True, ~tied])
+        run = np.cumsum(np.r_[True, ~tied]) - 1
+        ends = np.r_[starts[1:], len(s)] - 1
+        low, high = before[starts][run][pos], seen[ends][run][pos]
+    else:
+        low = high = before[pos]
+    negatives, positives = order[neg], order[pos]
+    out = np.empty(len(weights))
+    step = max(1, (1 << 22) // len(s))  # replicates per block: bounded memory at any n
+    for start in range(0, len(weights), step):
+        w = weights[start:start + step]
+        below = np.zeros((len(w), len(negatives) + 1))  # float64: the running sums and credits stay exact
+        np.cumsum(w[:, negatives], axis=1, out=below[:, 1:])
+        pos_w = w[:, positives]
+        credit = (pos_w * below[:, low]).sum(1)
+        if high is not low:
+            credit = 0.5 * (credit + (pos_w * below[:, high]).sum(1))
+        out[start:start + step] = _ratio(credit, pos_w.sum(1, dtype=np.float64) * below[:, -1])
+    return out
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -16,13 +16,14 @@ KNeighborsClassifier(20, cosine, distance-weighted) per layer, as a researcher w
 issue's): the same outer StratifiedGroupKFold(5) folds, StandardScaler + LogisticRegressionCV(Cs=8, inner
 StratifiedGroupKFold(3) by patient, max_iter=1000) and a cosine 20-NN per fold. Ours: `probe(...,
 probes="linear,knn", controls=False)` (C by inner group CV on each training fold, patient bootstrap CIs,
-predictions written; `ours_plain_bootstrap_s` the same with `permutations=0`, `permutation_cost` the ratio: what the
-intervals' design effect costs). Both run in this process, after their imports.
+predictions written, the default permutation refits; `ours_plain_bootstrap_s` the same with `permutations=0`,
+`permutation_cost` the ratio: what the intervals' design effect costs). Both run in this process, after their
+imports.
 
 `--solvers` times the three logistic solvers (`logistic_path_newton`, SciPy's `logistic_path_cpu`, torch's
-`logistic_path`) on one fold's permutation refits: 40 permuted label vectors over 384 x `--dim` (64) correlated
-Gaussian-class rows (a spectrum falling 100x, rotated), 4 classes, one thread, at C = 100 ... 1e-4; one JSON line
-per C with seconds and the mean objective per refit.
+`logistic_path`) on one fold's permutation refits: 20 permuted label vectors (the default) over 384 x `--dim` (64)
+correlated Gaussian-class rows (a spectrum falling 100x, rotated), 4 classes, one thread, at C = 100 ... 1e-4; one
+JSON line per C with seconds and the mean objective per refit.
 
     python tests/bench/bench_probe.py [--layers 13] [--n 5000]
     python tests/bench/bench_probe.py --sweep [--sizes 100,300,1000,5000,20000] [--dim 64] [--layers 4]
@@ -35,6 +36,7 @@ import argparse
 import json
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +64,16 @@ def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0, per_pa
     return names
 
 
-def ours(path: Path, out: Path, controls: bool, permutations: int = 40) -> tuple[float, dict]:
+def ours(path: Path, out: Path, controls: bool, permutations: int | None = None) -> tuple[float, dict]:
+    """`probe` as a user runs it (the library's default permutation refits unless `permutations` is given)."""
     from medfrag_probe._log import set_quiet
     from medfrag_probe.probes import probe
 
     set_quiet(True)
     start = time.perf_counter()
+    options = {} if permutations is None else {"permutations": permutations}
     results = probe([path], probes="linear,knn", out=out, controls=controls, figures=False, replicates=1000,
-                    permutations=permutations)
+                    **options)
     seconds = time.perf_counter() - start
     return seconds, {(r.point, r.pooling, r.probe): r.accuracy for r in results}
 
@@ -152,11 +156,13 @@ def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
 
 
 def solvers(dim: int) -> None:
-    """One JSON line per C: seconds and mean objective of each solver on 40 permutation refits (one thread)."""
+    """One JSON line per C: seconds and mean objective of each solver on the default number of permutation refits
+    (one thread)."""
     import torch
 
     from medfrag_probe.probes import solver
     from medfrag_probe.probes.estimators import cpu_threads
+    from medfrag_probe.stats import PERMUTATIONS
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 384)
@@ -165,8 +171,8 @@ def solvers(dim: int) -> None:
     latent = (rng.normal(size=(384, dim)) + rng.normal(size=(4, dim))[y] * 0.3) * spectrum
     X = latent @ np.linalg.qr(rng.normal(size=(dim, dim)))[0]
     X = torch.from_numpy(((X - X.mean(0)) / X.std(0)).astype(np.float32))
-    codes = torch.from_numpy(np.stack([rng.permutation(y) for _ in range(40)])).long()
-    masks = torch.ones(40, 384)
+    codes = torch.from_numpy(np.stack([rng.permutation(y) for _ in range(PERMUTATIONS)])).long()
+    masks = torch.ones(PERMUTATIONS, 384)
     Y = solver._targets(codes.T, 4, False, torch.float64)
     paths = {"newton": solver.logistic_path_newton, "scipy": solver.logistic_path_cpu, "torch": solver.logistic_path}
     with cpu_threads(torch.device("cpu"), 0):
@@ -178,7 +184,7 @@ def solvers(dim: int) -> None:
                 row[f"{name}_s"] = round(time.perf_counter() - start, 3)
                 loss = solver._loss_grad(X.double(), X.T.double().contiguous(), Y, masks.double(),
                                          masks.sum(1).double(), W.double(), b.double(), C, False)[0]
-                row[f"{name}_objective"] = round(float(loss) / 40, 6)
+                row[f"{name}_objective"] = round(float(loss) / PERMUTATIONS, 6)
             print(json.dumps(row), flush=True)
 
 
@@ -194,6 +200,8 @@ def bootstrap_seconds(n: int = 10_000) -> float:
 
 
 def main() -> None:
+    # the plain loop uses scikit-learn's defaults as a researcher would; its notices of future default changes are noise
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=13)
     parser.add_argument("--n", type=int, default=5000)

@@ -13,7 +13,7 @@ The intervals are the probe's own: a patient bootstrap widened by the permutatio
 the share of intervals holding a value is known to +-0.015 and the spread of the estimate across datasets (what the
 intervals must match) to +-5%, as wide as the target band.
 
-    python tests/bench/calibration.py                       # 500 null + 500 signal datasets per probe (~11 min)
+    python tests/bench/calibration.py                       # 500 null + 500 signal datasets per probe (~6 min)
     python tests/bench/calibration.py --datasets 40         # quicker, coarser
     python tests/bench/calibration.py --dim 64 --offset 3   # tighter patient clusters
 """
@@ -32,6 +32,7 @@ import numpy as np
 
 from medfrag_probe import _log
 from medfrag_probe.probes import probe
+from medfrag_probe.stats import PERMUTATIONS
 
 
 def dataset(seed: int, *, patients: int = 80, per: int = 6, dim: int = 32, offset: float = 1.0,
@@ -58,7 +59,7 @@ def write_cache(path: Path, X: np.ndarray, y: np.ndarray, groups: np.ndarray) ->
     return path
 
 
-def intervals(n: int, *, probes: tuple[str, ...], separation: float, replicates: int, permutations: int = 40,
+def intervals(n: int, *, probes: tuple[str, ...], separation: float, replicates: int, permutations: int = PERMUTATIONS,
               **design) -> dict:
     """{probe: [(estimate, low, high)]} over `n` datasets of the design."""
     found: dict[str, list] = {name: [] for name in probes}
@@ -73,7 +74,7 @@ def intervals(n: int, *, probes: tuple[str, ...], separation: float, replicates:
 
 
 def calibration(n: int = 500, *, probes=("linear", "knn"), separation: float = 1.5, replicates: int = 1000,
-                permutations: int = 40, **design) -> dict:
+                permutations: int = PERMUTATIONS, **design) -> dict:
     """The JSON record of the module docstring."""
     _log.set_quiet(True)
     start = time.perf_counter()
@@ -104,7 +105,7 @@ def calibration(n: int = 500, *, probes=("linear", "knn"), separation: float = 1
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", type=int, default=500)
-    parser.add_argument("--permutations", type=int, default=40)
+    parser.add_argument("--permutations", type=int, default=PERMUTATIONS)
     parser.add_argument("--probes", default="linear,knn")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--offset", type=float, default=1.0)

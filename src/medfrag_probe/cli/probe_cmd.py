@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..stats import PERMUTATIONS
+
 
 def register(app: typer.Typer) -> None:
     """Add the command to `app`."""
@@ -39,7 +41,7 @@ def probe_command(
     replicates: Annotated[int, typer.Option(help="Bootstrap replicates for the 95% CIs.")] = 1000,
     permutations: Annotated[int, typer.Option(help="Refits on labels permuted across patients that measure how "
                                               "much wider than the bootstrap the CIs must be (the design effect "
-                                              "of fitted probes); 0 keeps the plain bootstrap.")] = 40,
+                                              "of fitted probes); 0 keeps the plain bootstrap.")] = PERMUTATIONS,
     controls: Annotated[bool, typer.Option(help="Shuffled-label control (selectivity).")] = True,
     ks: Annotated[Optional[str], typer.Option(help="k sweep for kNN probes, e.g. 1,5,10,20,50.")] = None,
     curves: Annotated[bool, typer.Option(help="Also learning curves (1,2,4,..,32,all per class).")] = False,

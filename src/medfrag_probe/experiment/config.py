@@ -13,7 +13,7 @@ Schema (every key optional but `models` and `tasks`; an unknown key is refused, 
     tasks: [TASK | {task, data, label}]             # TASK: a name under configs/tasks/ or a path; the data spec
                                                     # defaults to the task file's own `data`
     points: "vision.*,projector"   poolings: "cls,mean"   probes: [linear, knn]
-    folds: 5   replicates: 1000   permutations: 40   controls: true   seeds: [0]
+    folds: 5   replicates: 1000   permutations: 20   controls: true   seeds: [0]
     jobs: 1                        # units (model x task) run at once, each in its own process with its share of
                                    # the CPU cores (`run --jobs` overrides); results are those of one job
     extract: {batch_size, device, dtype, store_dtype, prompt, workers}
@@ -37,6 +37,7 @@ from pathlib import Path
 from .._yaml import configs_dir, locate, read
 from ..errors import UserError
 from ..specs import safe_name
+from ..stats import PERMUTATIONS
 
 TOP_KEYS = ("name", "description", "out", "models", "pairs", "tasks", "points", "poolings", "probes", "folds",
             "replicates", "permutations", "controls", "seeds", "jobs", "extract", "vqa", "intervene", "bridge", "sweep")
@@ -87,7 +88,7 @@ class Config:
     probes: list[str] = field(default_factory=lambda: ["linear", "knn"])
     folds: int = 5
     replicates: int = 1000
-    permutations: int = 40
+    permutations: int = PERMUTATIONS
     controls: bool = True
     seeds: list[int] = field(default_factory=lambda: [0])
     jobs: int = 1
@@ -225,7 +226,7 @@ def validate(raw, path) -> Config:
         poolings=",".join(_listish(poolings, path, "poolings")) if poolings else None, probes=probes,
         folds=_int(raw.get("folds", 5), path, "folds", low=2),
         replicates=_int(raw.get("replicates", 1000), path, "replicates", low=10),
-        permutations=_permutations(raw.get("permutations", 40), path),
+        permutations=_permutations(raw.get("permutations", PERMUTATIONS), path),
         controls=_bool(raw.get("controls", True), path, "controls"), seeds=seeds,
         jobs=_int(raw.get("jobs", 1), path, "jobs"),
         extract=_check_extract(dict(_keys(raw.get("extract") or {}, EXTRACT_KEYS, path, "extract")), path),

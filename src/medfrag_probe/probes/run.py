@@ -25,6 +25,7 @@ from ..cache import EmbeddingCache
 from ..devices import resolve_device
 from ..errors import UserError, option
 from ..points import point_order
+from ..stats import PERMUTATIONS
 from .estimators import PROBES, inner_folds
 from .metrics import (
     PERMUTATION_REPLICATES,
@@ -38,8 +39,6 @@ from .metrics import (
     stretched,
 )
 from .splits import SplitPlan, plan_splits
-
-PERMUTATIONS = 40  # permutation refits per result behind the intervals' design effect (0: plain bootstrap)
 
 
 @dataclass

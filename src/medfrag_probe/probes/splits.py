@@ -58,12 +58,54 @@ def plan_splits(labels: np.ndarray, groups: np.ndarray, splits: np.ndarray, clas
     note = "" if folds_k == k else (f"{folds_k} folds instead of {k}: class {class_names[smallest]!r} has "
                                     f"{per_class[smallest]} {'patients' if grouped else 'samples'}")
     if grouped:
-        splitter = StratifiedGroupKFold(n_splits=folds_k, shuffle=True, random_state=seed)
-        pairs = splitter.split(labels, labels, groups)
+        pairs = stratified_group_folds(labels, groups, folds_k, seed)
     else:
         pairs = StratifiedKFold(n_splits=folds_k, shuffle=True, random_state=seed).split(labels, labels)
     folds = [Fold(train=np.sort(tr), test=np.sort(te)) for tr, te in pairs]
     return SplitPlan("group-kfold" if grouped else "stratified-kfold", folds, note)
+
+
+def stratified_group_folds(labels, groups, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, test) folds of scikit-learn's `StratifiedGroupKFold(k, shuffle=True, random_state=seed)`, found
+    without its per-group Python loop over folds: the same greedy assignment (groups by falling spread of their class
+    counts, each to the fold that keeps the class proportions most even, ties to the smaller fold), with every
+    candidate fold of a group scored in one NumPy call. scikit-learn's took 14 s of a 50,000-image probe (10,000
+    patients, outer and inner folds); this takes a fraction of a second. A test holds the two equal fold for fold.
+    Unusual inputs (more folds than a class has members or than there are groups) go to scikit-learn, which warns or
+    refuses as it does."""
+    labels = np.asarray(labels)
+    _, y_inv, y_cnt = np.unique(labels, return_inverse=True, return_counts=True)
+    _, g_inv, g_cnt = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    if k > y_cnt.min() or k > len(g_cnt) or labels.ndim != 1:
+        return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(labels, labels, groups))
+    counts = np.zeros((len(g_cnt), len(y_cnt)))
+    np.add.at(counts, (g_inv, y_inv), 1)
+    perm = np.arange(len(g_cnt))
+    np.random.RandomState(seed).shuffle(perm)  # scikit-learn's check_random_state(seed).shuffle
+    counts = counts[perm]
+    inv_perm = np.empty_like(perm)
+    inv_perm[perm] = np.arange(len(perm))
+    g_inv = inv_perm[g_inv]
+    per_fold = np.zeros((k, len(y_cnt)))
+    fold_of = np.empty(len(g_cnt), int)
+    diagonal = (np.arange(k), np.arange(k))
+    candidates = np.empty((k, k, len(y_cnt)))
+    scale = y_cnt.reshape(1, -1)
+    for group in np.argsort(-np.std(counts, axis=1), kind="stable"):
+        candidates[:] = per_fold  # candidate i: the group added to fold i
+        candidates[diagonal] += counts[group]
+        evals = np.std(candidates / scale, axis=1).mean(1).tolist()
+        sizes = per_fold.sum(1).tolist()
+        best, low, fewest = 0, np.inf, np.inf
+        for i, (value, size) in enumerate(zip(evals, sizes)):
+            # scikit-learn's test: lower, or equal within np.isclose's tolerances and a smaller fold
+            if value < low or (abs(value - low) <= 1e-8 + 1e-5 * abs(low) and size < fewest):
+                best, low, fewest = i, value, size
+        per_fold[best] += counts[group]
+        fold_of[group] = best
+    row_fold = fold_of[g_inv]
+    rows = np.arange(len(labels))
+    return [(rows[row_fold != i], rows[row_fold == i]) for i in range(k)]
 
 
 def shared_patients(groups: np.ndarray, splits: np.ndarray) -> list[str]:
