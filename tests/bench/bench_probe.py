@@ -18,7 +18,7 @@ StratifiedGroupKFold(3) by patient, max_iter=1000) and a cosine 20-NN per fold. 
 probes="linear,knn", controls=False)` (C by inner group CV on each training fold, patient bootstrap CIs,
 predictions written, the default permutation refits; `ours_plain_bootstrap_s` the same with `permutations=0`,
 `permutation_cost` the ratio: what the intervals' design effect costs). Both run in this process, after their
-imports.
+imports (a first untimed run of each on a small cache loads what they import on first use).
 
 `--solvers` times the three logistic solvers (`logistic_path_newton`, SciPy's `logistic_path_cpu`, torch's
 `logistic_path`) on one fold's permutation refits: 20 permuted label vectors (the default) over 384 x `--dim` (64)
@@ -132,6 +132,10 @@ def plain_loop(path: Path) -> tuple[float, dict]:
 
 def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
     """One JSON line per size: ours vs the plain loop, same machine, same run; then a summary line."""
+    with tempfile.TemporaryDirectory() as tmp:  # both sides once, untimed: the modules they import on first use
+        make_cache(Path(tmp) / "warm.h5", n=100, d=dim, layers=1, per_patient=5, seed=1)
+        ours(Path(tmp) / "warm.h5", Path(tmp) / "ours", controls=False)
+        plain_loop(Path(tmp) / "warm.h5")
     rows = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
