@@ -133,25 +133,9 @@ def _refit_bootstrap_variances(labels, probas, weights, n_classes: int) -> dict[
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(support > 0, tp / support, np.nan)
         f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), np.nan)
-        scores = {"accuracy": (correct @ weights.T) / weights.sum(1), "balanced_accuracy": _nanmean(recall),
-                  "macro_f1": _nanmean(np.where(support > 0, f1, np.nan))}
-        return {name: _nanvar(v) for name, v in scores.items()}
-
-
-def _nanmean(values: np.ndarray) -> np.ndarray:
-    """Mean over the last axis ignoring NaN (NaN where all are), without NumPy's empty-slice warning."""
-    finite = ~np.isnan(values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(finite, values, 0).sum(-1) / finite.sum(-1)
-
-
-def _nanvar(values: np.ndarray) -> np.ndarray:
-    """Population variance over the last axis ignoring NaN (NaN where all are)."""
-    finite = ~np.isnan(values)
-    count = finite.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(finite, values, 0).sum(-1) / count
-        return np.where(finite, (values - mean[..., None]) ** 2, 0).sum(-1) / count
+        scores = {"accuracy": (correct @ weights.T) / weights.sum(1), "balanced_accuracy": np.nanmean(recall, axis=2),
+                  "macro_f1": np.nanmean(np.where(support > 0, f1, np.nan), axis=2)}
+        return {name: np.nanvar(v, axis=1) for name, v in scores.items()}
 
 
 def _placements(labels: np.ndarray, probas: np.ndarray, n_classes: int):

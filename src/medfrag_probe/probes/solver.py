@@ -75,12 +75,11 @@ def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, 
     row_weight = masks / n[:, None]  # P, N
     second_moment = row_weight @ (X * X)  # P, D
     S = penalty_scales if penalty_scales is not None else torch.ones_like(second_moment)
-    spread = 0.25 if binary else (1 / K) * (1 - 1 / K)  # p (1 - p) at uniform probabilities
     W = torch.zeros(P, D, K, dtype=X.dtype, device=X.device)
     b = _prior_intercepts((Y * row_weight.T[:, None, :]).sum(0), binary)  # the path starts at the class log-odds
     for C in Cs:
         # rescaled parameters, as `_lbfgs`: weights stiffened by strong regularisation, intercepts left free
-        curvature = spread * second_moment + S / (C * n[:, None])  # P, D
+        curvature, spread = _curvature(second_moment, S, C, n, binary, K)
         top = max(float(curvature.max()), spread)
         uW = (top / curvature).sqrt()[:, :, None].expand(P, D, K)
         ub = (top / spread) ** 0.5
@@ -96,8 +95,8 @@ def logistic_path(X: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, Cs, *, 
             return loss
 
         optimizer.step(closure)
-        W, b = (V * uW).detach(), (c * ub).detach()
-        yield W.clone(), b.clone()
+        W, b = (V * uW).detach(), (c * ub).detach()  # fresh tensors: the next C starts from them, unchanged
+        yield W, b
 
 
 def logistic_path_cpu(X, y, masks, Cs, *, n_classes: int, max_iter: int = 500, tol: float = 1e-4,
@@ -190,6 +189,14 @@ def _numpy_objective(problems: dict):
     return fun
 
 
+def _curvature(second_moment, S, C: float, n, binary: bool, K: int):
+    """A diagonal estimate of the objective's curvature along each weight (P, D; NumPy or torch): the log-loss's at
+    uniform probabilities, p (1 - p) times the feature's mean square, plus the penalty's S / (C n); and that p (1 - p),
+    the intercepts' curvature. `_lbfgs` and `logistic_path` rescale their parameters by it."""
+    spread = 0.25 if binary else (1 / K) * (1 - 1 / K)
+    return spread * second_moment + S / (C * n[:, None]), spread
+
+
 def _lbfgs(flat, start: np.ndarray, C: float, problems: dict, *, max_iter: int, tol: float) -> np.ndarray:
     """SciPy's L-BFGS-B on the flat objective at `C` from `start`, on rescaled parameters: each parameter divided by
     the square root of a diagonal estimate of its curvature (the penalty's S / (C n) plus the log-loss's at uniform
@@ -199,9 +206,8 @@ def _lbfgs(flat, start: np.ndarray, C: float, problems: dict, *, max_iter: int, 
     least as large as the original entry by entry, so every solve still ends with each gradient entry below `tol`."""
     from scipy.optimize import minimize
 
-    S, n, K = problems["S"], problems["n"], problems["K"]
-    spread = 0.25 if problems["binary"] else (1 / K) * (1 - 1 / K)  # p (1 - p) at uniform probabilities
-    weight_curvature = spread * problems["second_moment"] + S / (C * n[:, None])  # P, D
+    S, K = problems["S"], problems["K"]
+    weight_curvature, spread = _curvature(problems["second_moment"], S, C, problems["n"], problems["binary"], K)
     curvature = np.concatenate([np.repeat(weight_curvature[:, :, None], K, 2).ravel(), np.full(len(S) * K, spread)])
     u = np.sqrt(curvature.max() / curvature)  # >= 1
 
