@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -665,3 +666,71 @@ def test_clustered_auroc_variance_matches_the_patient_bootstrap(classes, per):
     proba = np.round(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 2)  # with ties
     boot = bootstrap_scores(y, proba, bootstrap_weights(groups, replicates=4000), classes)["auroc"]
     assert clustered_auroc_variance(y, proba, groups, classes) == pytest.approx(boot.var(), rel=0.12)
+
+
+def _forked_run_cache(tmp_path):
+    """Three points (one all-NaN) x 2 poolings of grouped 3-class data: six jobs per probe."""
+    rng = np.random.default_rng(5)
+    y = np.repeat(rng.integers(0, 3, 50), 4)
+    groups = np.repeat([f"p{i}" for i in range(50)], 4)
+    X = {f"block.{i}": rng.normal(size=(200, 8)).astype(np.float32) + (i + 1) * np.eye(3, 8, dtype=np.float32)[y]
+         for i in range(2)}
+    embeddings = {f"{p}/{q}": v + (q == "cls") for p, v in X.items() for q in ("mean", "cls")}
+    embeddings["broken/mean"] = np.full((200, 8), np.nan, np.float32)
+    return write_embeddings(tmp_path / "c.h5", ids=[f"s{i}" for i in range(200)], labels=y,
+                            classes=["a", "b", "c"], embeddings=embeddings, groups=groups)
+
+
+def test_forked_workers_give_the_results_of_one_process(tmp_path, capsys):
+    """`workers=2` (forked processes) and `workers=1` give the same records, predictions and result order, and the
+    workers' status lines reach this process's stderr."""
+    path = _forked_run_cache(tmp_path)
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        results = probe([path], probes="linear,knn", out=out, figures=False, ks=[5, 20], replicates=200,
+                        workers=workers)
+        runs[workers] = [{k: v for k, v in r.record().items() if k not in ("seconds", "predictions")}
+                         for r in results]
+        assert "broken/mean linear: skipped, every row has NaN or inf values" in capsys.readouterr().err
+        runs[workers, "files"] = {p.name: p.read_text() for p in sorted((out / "predictions").iterdir())}
+    assert len(runs[1]) == 12 and json.loads(json.dumps(runs[1])) == runs[2]
+    assert runs[1, "files"] == runs[2, "files"] and len(runs[1, "files"]) == 12
+
+
+def test_worker_counts(tmp_path, monkeypatch):
+    """One worker per usable core (no more than torch's threads, or the jobs) where fits are small; one process on a
+    GPU, for large fits, or for a single job; a count below 1 is a clear error."""
+    import torch
+
+    from medfrag_probe.cache import EmbeddingCache
+    from medfrag_probe.devices import usable_cores
+    from medfrag_probe.probes import run
+
+    task = run._task(EmbeddingCache(_forked_run_cache(tmp_path)), folds=5, seed=0)
+    jobs = [(task, p, q, "linear") for p, q in task.cache.points()]
+    assert run._workers(None, "cpu", jobs) == min(usable_cores(), torch.get_num_threads(), len(jobs))
+    assert run._workers(3, "cpu", jobs) == 3 and run._workers(9, "cpu", jobs) == len(jobs)
+    assert run._workers(4, "cuda:0", jobs) == 1 and run._workers(4, "cpu", jobs[:1]) == 1
+    monkeypatch.setattr(run, "SMALL_WORK", 1000)  # 200 rows x 8 features x 4 problems x 2 logits = 12,800
+    assert run._workers(None, "cpu", jobs) == 1
+    with pytest.raises(UserError, match="`workers` must be >= 1"):
+        probe([task.cache.path], out=tmp_path / "o", figures=False, workers=0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forked workers run on Linux only")
+def test_a_worker_that_dies_is_a_clear_error_not_a_hang(tmp_path):
+    import os
+
+    from medfrag_probe.probes.estimators import PROBES
+
+    class Dies(LinearProbe):
+        def fit_fold(self, X, y, **kw):
+            os._exit(9)  # as a worker killed for memory
+
+    PROBES["test-dies"] = lambda *, device="cpu", seed=0: Dies()
+    try:
+        with pytest.raises(UserError, match="a probe worker process died"):
+            probe([_forked_run_cache(tmp_path)], probes="test-dies", out=tmp_path / "o", figures=False, workers=2)
+    finally:
+        dict.pop(PROBES, "test-dies")

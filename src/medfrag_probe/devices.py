@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import UserError
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def resolve_device(device: str) -> torch.device:

@@ -17,8 +17,10 @@ issue's): the same outer StratifiedGroupKFold(5) folds, StandardScaler + Logisti
 StratifiedGroupKFold(3) by patient, max_iter=1000) and a cosine 20-NN per fold. Ours: `probe(...,
 probes="linear,knn", controls=False)` (C by inner group CV on each training fold, patient bootstrap CIs,
 predictions written, the default permutation refits; `ours_plain_bootstrap_s` the same with `permutations=0`,
-`permutation_cost` the ratio: what the intervals' design effect costs). Both run in this process, after their
-imports (a first untimed run of each on a small cache loads what they import on first use).
+`permutation_cost` the ratio: what the intervals' design effect costs), in the library's default worker processes
+(`--workers 1`: all in this process). Both start after their imports (a first untimed run of each on a small cache
+loads what they import on first use). `linear_accuracy_delta_max` / `_mean`: |ours - plain| linear accuracy over the
+points; `--plain-scoring balanced_accuracy` has the plain loop choose C on the score ours chooses it on.
 
 `--solvers` times the three logistic solvers (`logistic_path_newton`, SciPy's `logistic_path_cpu`, torch's
 `logistic_path`) on one fold's permutation refits: 20 permuted label vectors (the default) over 384 x `--dim` (64)
@@ -26,7 +28,8 @@ correlated Gaussian-class rows (a spectrum falling 100x, rotated), 4 classes, on
 JSON line per C with seconds and the mean objective per refit.
 
     python tests/bench/bench_probe.py [--layers 13] [--n 5000]
-    python tests/bench/bench_probe.py --sweep [--sizes 100,300,1000,5000,20000] [--dim 64] [--layers 4]
+    python tests/bench/bench_probe.py --sweep [--sizes 100,300,1000,5000,20000] [--dim 64] [--layers 4] [--workers N]
+                                              [--plain-scoring balanced_accuracy]
     python tests/bench/bench_probe.py --solvers [--dim 64]
 """
 
@@ -64,14 +67,18 @@ def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0, per_pa
     return names
 
 
-def ours(path: Path, out: Path, controls: bool, permutations: int | None = None) -> tuple[float, dict]:
-    """`probe` as a user runs it (the library's default permutation refits unless `permutations` is given)."""
+def ours(path: Path, out: Path, controls: bool, permutations: int | None = None,
+         workers: int | None = None) -> tuple[float, dict]:
+    """`probe` as a user runs it (the library's default permutation refits and worker processes unless
+    `permutations` or `workers` is given)."""
     from medfrag_probe._log import set_quiet
     from medfrag_probe.probes import probe
 
     set_quiet(True)
     start = time.perf_counter()
     options = {} if permutations is None else {"permutations": permutations}
+    if workers is not None:
+        options["workers"] = workers
     results = probe([path], probes="linear,knn", out=out, controls=controls, figures=False, replicates=1000,
                     **options)
     seconds = time.perf_counter() - start
@@ -113,8 +120,9 @@ def baseline(path: Path) -> tuple[float, dict]:
     return sklearn_loop(path, models)
 
 
-def plain_loop(path: Path) -> tuple[float, dict]:
-    """The loop of the performance issue: group-aware outer and inner folds, LogisticRegressionCV and cosine 20-NN."""
+def plain_loop(path: Path, scoring: str | None = None) -> tuple[float, dict]:
+    """The loop of the performance issue: group-aware outer and inner folds, LogisticRegressionCV and cosine 20-NN
+    (C chosen on inner accuracy, scikit-learn's default, unless `scoring` names another scorer)."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.neighbors import KNeighborsClassifier
@@ -123,14 +131,15 @@ def plain_loop(path: Path) -> tuple[float, dict]:
 
     def models(X, y, groups):
         inner = list(StratifiedGroupKFold(3, shuffle=True, random_state=0).split(X, y, groups))
-        linear = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, cv=inner, max_iter=1000))
+        linear = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=8, cv=inner, max_iter=1000, scoring=scoring))
         return {"linear": linear.fit(X, y),
                 "knn": KNeighborsClassifier(min(20, len(y)), metric="cosine").fit(X, y)}
 
     return sklearn_loop(path, models)
 
 
-def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
+def sweep(sizes: list[int], *, dim: int, layers: int = 4, workers: int | None = None,
+          scoring: str | None = None) -> None:
     """One JSON line per size: ours vs the plain loop, same machine, same run; then a summary line."""
     with tempfile.TemporaryDirectory() as tmp:  # both sides once, untimed: the modules they import on first use
         make_cache(Path(tmp) / "warm.h5", n=100, d=dim, layers=1, per_patient=5, seed=1)
@@ -142,14 +151,15 @@ def sweep(sizes: list[int], *, dim: int, layers: int = 4) -> None:
             root = Path(tmp)
             path = root / "bench.h5"
             make_cache(path, n=n, d=dim, layers=layers, per_patient=5, seed=n)
-            t_ours, acc_ours = ours(path, root / "ours", controls=False)
-            t_bootstrap, _ = ours(path, root / "ours0", controls=False, permutations=0)
-            t_plain, acc_plain = plain_loop(path)
+            t_ours, acc_ours = ours(path, root / "ours", controls=False, workers=workers)
+            t_bootstrap, _ = ours(path, root / "ours0", controls=False, permutations=0, workers=workers)
+            t_plain, acc_plain = plain_loop(path, scoring)
         linear = [abs(acc_ours[k] - acc_plain[k]) for k in acc_plain if k[2] == "linear"]
         row = {"n": n, "dim": dim, "points": 2 * layers, "ours_s": round(t_ours, 2), "plain_s": round(t_plain, 2),
                "speedup": round(t_plain / t_ours, 2), "ours_plain_bootstrap_s": round(t_bootstrap, 2),
                "permutation_cost": round(t_ours / t_bootstrap, 2),
                "linear_accuracy_delta_max": round(max(linear), 4),
+               "linear_accuracy_delta_mean": round(float(np.mean(linear)), 4),
                "mean_linear_accuracy_ours": round(float(np.mean([acc_ours[k] for k in acc_plain
                                                                   if k[2] == "linear"])), 4)}
         rows.append(row)
@@ -212,13 +222,18 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=None, help="default 768 (64 with --sweep)")
     parser.add_argument("--sweep", action="store_true", help="time ours against the plain loop over --sizes")
     parser.add_argument("--sizes", default="100,300,1000,5000,20000")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="`probe`'s worker processes in the sweep (default: the library's choice)")
+    parser.add_argument("--plain-scoring", default=None,
+                        help="the plain loop's inner C score in the sweep (default: accuracy; e.g. balanced_accuracy)")
     parser.add_argument("--solvers", action="store_true", help="time the three logistic solvers on permutation refits")
     args = parser.parse_args()
     if args.solvers:
         solvers(args.dim or 64)
         return
     if args.sweep:
-        sweep([int(v) for v in args.sizes.split(",")], dim=args.dim or 64, layers=min(args.layers, 4))
+        sweep([int(v) for v in args.sizes.split(",")], dim=args.dim or 64, layers=min(args.layers, 4),
+              workers=args.workers, scoring=args.plain_scoring)
         return
     args.dim = args.dim or 768
     with tempfile.TemporaryDirectory() as tmp:

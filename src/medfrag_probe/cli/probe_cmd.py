@@ -51,6 +51,9 @@ def probe_command(
                                                       "(refused by default: it leaks).")] = False,
     allow_incomplete: Annotated[bool, typer.Option(help="Probe the finished rows of an unfinished extraction "
                                                    "(refused by default).")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="CPU worker processes of one thread each (Linux); default: "
+                                                   "one per usable core where the fits are small, else 1.",
+                                                   show_default=False)] = None,
 ) -> None:
     """Linear and kNN probes per point and pooling, with honest splits, controls and bootstrap CIs."""
     from ..errors import UserError
@@ -62,7 +65,7 @@ def probe_command(
                     folds=folds, seed=seed, replicates=replicates, controls=controls, ks=_ints(ks, "--ks"),
                     permutations=permutations,
                     device=device, allow_split_overlap=allow_split_overlap,
-                    allow_incomplete=allow_incomplete)
+                    allow_incomplete=allow_incomplete, workers=workers)
     if curves:
         for cache in caches:
             pairs = sorted({(r.point, r.pooling) for r in results if r.cache == str(cache)})

@@ -17,7 +17,6 @@ Layout under `out`: `cache/` (embeddings), `probes/seed-S/MODEL__TASK/`, `vqa/MO
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from .._provenance import device_info, versions
 from ..artifacts.answers import SUMMARY
 from ..artifacts.interventions import INTERVENTIONS
 from ..artifacts.study import StudyLayout
+from ..devices import usable_cores
 from ..errors import UserError, option
 from .config import Config, ModelEntry, TaskEntry, load_config
 from .factors import FACTORS, Factor
@@ -124,14 +124,6 @@ def _run_unit(unit: Unit, config: Config, out: Path) -> list[dict]:
     _vqa(unit, config, layout, stamps, log, known=stamps_of)
     _intervene(unit, config, layout, stamps, log, known=stamps_of)
     return log
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _run_units(units: list[Unit], config: Config, out: Path, jobs: int) -> list[dict]:

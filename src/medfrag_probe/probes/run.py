@@ -12,21 +12,25 @@ whatever the class balance); `skill = (balanced_accuracy - 1/K) / (1 - 1/K)`.
 from __future__ import annotations
 
 import fnmatch
+import json
+import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from .._log import debug, info, is_quiet, warn
+from .._log import debug, info, is_quiet, logger, warn
 from ..artifacts.probes import Predictions, ProbeResult, prediction_name, write_predictions, write_results
 from ..cache import EmbeddingCache
-from ..devices import resolve_device
+from ..devices import resolve_device, usable_cores
 from ..errors import UserError, option
 from ..points import point_order
 from ..stats import PERMUTATIONS
-from .estimators import PROBES, inner_folds
+from .estimators import PROBES, SMALL_WORK, cpu_threads, inner_folds
 from .metrics import (
     PERMUTATION_REPLICATES,
     bootstrap_scores,
@@ -67,7 +71,8 @@ class _Task:
 def probe(caches, *, points: str | None = None, poolings: str | None = None, probes=("linear", "knn"),
           out: str | Path = "probes", folds: int = 5, seed: int = 0, replicates: int = 1000, controls: bool = True,
           ks=None, device: str = "auto", figures: bool = True, allow_split_overlap: bool = False,
-          allow_incomplete: bool = False, permutations: int = PERMUTATIONS) -> list[ProbeResult]:
+          allow_incomplete: bool = False, permutations: int = PERMUTATIONS,
+          workers: int | None = None) -> list[ProbeResult]:
     """Probe every matching (point, pooling) of each cache; write results under `out`; return the results.
 
     Intervals: a patient bootstrap of the out-of-fold predictions, widened by the probe's design effect, which
@@ -80,12 +85,19 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     finished rows of a stopped run are not a random sample of the data. Failed images never block a probe.
 
     `device="auto"` runs the kNN search and the logistic-regression solver on CUDA when present, else on the CPU.
+
+    `workers`: on the CPU (Linux), the (point, pooling, probe) fits run in this many forked worker processes of one
+    thread each; None (the default) uses every core this process may use (no more than torch's thread count, so a
+    study job keeps to its share), where the fits are small enough to run on one thread anyway (`SMALL_WORK`);
+    1 runs everything in this process. Each fit is seeded by `seed` alone: the results are the same either way.
     """
     probes = _check_probes(probes)
     check_protocol(folds=folds, replicates=replicates, ks=ks)
     if permutations == 1 or permutations < 0:
         raise UserError(f"{option('permutations')} must be 0 (plain patient bootstrap) or at least 2, not "
                         f"{permutations}")
+    if workers is not None and workers < 1:
+        raise UserError(f"{option('workers')} must be >= 1, got {workers}")
     device = str(resolve_device(device))
     out = Path(out)
     opened = [EmbeddingCache(path) for path in ([caches] if isinstance(caches, (str, Path)) else caches)]
@@ -94,22 +106,26 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
     (out / "predictions").mkdir(parents=True, exist_ok=True)  # only once every cache opened: no stray folders
     results: list[ProbeResult] = []
     chosen = {cache.path: _select(cache, points, poolings) for cache in opened}  # every selection checked first
+    options = {"out": out, "seed": seed, "replicates": replicates, "controls": controls, "ks": ks, "device": device,
+               "permutations": permutations}
     bar = tqdm(total=sum(len(pairs) for pairs in chosen.values()) * len(probes), desc="probe", unit="fit",
                disable=is_quiet(), dynamic_ncols=True)
     with bar:
         for cache in opened:
             path = cache.path
             task = _task(cache, folds=folds, seed=seed, allow_split_overlap=allow_split_overlap)
-            for point, pooling in chosen[path]:
-                for name in probes:
-                    bar.set_postfix_str(f"{Path(path).stem} {point}/{pooling} {name}", refresh=False)
-                    for result in _run_one(task, point, pooling, name, out=out, seed=seed, replicates=replicates,
-                                           controls=controls, ks=ks, device=device, permutations=permutations):
-                        results.append(result)
-                        debug(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
-                              f"{result.balanced_accuracy:.3f} {format_ci(result.balanced_accuracy_ci)} "
-                              f"({result.split})")
-                    bar.update(1)
+            jobs = [(task, point, pooling, name) for point, pooling in chosen[path] for name in probes]
+            found: list[list[ProbeResult]] = [[] for _ in jobs]
+            for index, job_results in _run_jobs(jobs, options, _workers(workers, device, jobs)):
+                found[index] = job_results
+                _, point, pooling, name = jobs[index]
+                for result in job_results:
+                    debug(f"probe {Path(path).name} {point}/{pooling} {result.probe}: balanced accuracy "
+                          f"{result.balanced_accuracy:.3f} {format_ci(result.balanced_accuracy_ci)} "
+                          f"({result.split})")
+                bar.set_postfix_str(f"{Path(path).stem} {point}/{pooling} {name}", refresh=False)
+                bar.update(1)
+            results += [result for job_results in found for result in job_results]
             write_results(out, results)
     if not results:
         raise UserError("no probe result: every selected (point, pooling) has only NaN or inf values")
@@ -119,6 +135,91 @@ def probe(caches, *, points: str | None = None, poolings: str | None = None, pro
 
         layer_curves(results, out)
     return results
+
+
+_FORKED: dict = {}  # the jobs and their options, set before forking the workers, which inherit them
+
+
+def _workers(requested: int | None, device: str, jobs: list) -> int:
+    """How many processes run `jobs` (`probe`'s `workers`): forked ones only on the CPU, on Linux, for 2+ jobs, and
+    not from a daemonic process (a multiprocessing pool's worker may not start processes)."""
+    import multiprocessing
+
+    if len(jobs) < 2 or device != "cpu" or sys.platform != "linux" or multiprocessing.current_process().daemon:
+        return 1
+    if requested is None:
+        task = jobs[0][0]
+        widest = max(int(np.prod(task.cache.datasets[(point, pooling)][1:])) for _, point, pooling, _ in jobs)
+        if len(task.rows) * widest * 4 * max(len(task.names) - 1, 1) >= SMALL_WORK:
+            return 1  # fits this large run on every core themselves (torch's and the BLAS's threads)
+        requested = min(usable_cores(), torch.get_num_threads())
+    return min(requested, len(jobs))
+
+
+def _run_jobs(jobs: list, options: dict, workers: int):
+    """(index, results) of each (task, point, pooling, probe) job as it finishes: in this process, or in `workers`
+    forked processes of one thread each (kNN-type probes, the quick ones, queued last). Fork, not spawn: a worker
+    starts in milliseconds with everything imported, where a spawned one spends seconds importing torch. The
+    results come back as their JSON records."""
+    if workers <= 1:
+        for index, job in enumerate(jobs):
+            yield index, _run_one(*job, **options)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    _FORKED.update(jobs=jobs, options=options)
+    quick = {name: PROBES[name](device="cpu").sweeps_k for *_, name in jobs}  # kNN-type: one search answers all k
+    order = sorted(range(len(jobs)), key=lambda i: quick[jobs[i][3]])
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_start_worker) as pool:
+            futures = {pool.submit(_forked_job, i): i for i in order}
+            try:
+                for future in as_completed(futures):
+                    done = json.loads(future.result())
+                    for level, message in done["log"]:  # the worker's status lines, through this process's handlers
+                        logger.log(level, message)
+                    yield futures[future], [ProbeResult.from_record(r) for r in done["results"]]
+            except BrokenProcessPool:
+                raise UserError(f"a probe worker process died (killed, or out of memory); finished probes of "
+                                f"earlier caches are kept: run again with {option('workers')} 1") from None
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        _FORKED.clear()
+
+
+class _Kept(logging.Handler):
+    """A forked worker's log records, kept for the parent to emit (so its handlers, and captured stderr, get them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelno, record.getMessage()))
+
+
+def _start_worker() -> None:
+    """A forked worker runs on one thread, torch's and the BLAS's (the parent's thread pools do not survive a fork,
+    and the workers share the cores), and keeps its log records for the parent."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    logger.handlers[:] = [_Kept()]
+    logger.propagate = False
+
+
+def _forked_job(index: int) -> str:
+    """Run job `index` in a worker: its results' JSON records and the log records it made."""
+    kept = logger.handlers[0]
+    kept.records.clear()
+    results = _run_one(*_FORKED["jobs"][index], **_FORKED["options"])
+    return json.dumps({"results": [r.record() for r in results], "log": kept.records})
 
 
 def format_ci(ci) -> str:
@@ -205,14 +306,16 @@ def _run_one(task, point, pooling, name, *, out, seed, replicates, controls, ks,
         shuffled, _, _ = _fit_predict(task, X, finite, shuffled_labels, name, k_values, seed=seed, device=device)
         shuffled = {k: (v, shuffled_labels) for k, v in shuffled.items()}
     results = []
-    for k in k_values:
-        label = name if k is None else f"{name}@{k}"
-        pred_path = out / "predictions" / prediction_name(task.cache.path.stem, point, pooling, label)
-        write_predictions(pred_path, _predictions(task, oof[k], finite))
-        results.append(_summarise(task, point, pooling, label, oof[k], shuffled[k] if shuffled else None,
-                                  finite, {**hyper, **({"k": k} if k else {})}, replicates=replicates,
-                                  seconds=time.perf_counter() - start, predictions=str(pred_path),
-                                  permuted=(permuted, permuted_oof[k]) if permuted is not None else None))
+    # below a few thousand rows the bootstrap's products take microseconds: one BLAS thread (see `cpu_threads`)
+    with cpu_threads(torch.device("cpu"), replicates * int(finite.sum()) * len(task.names)):
+        for k in k_values:
+            label = name if k is None else f"{name}@{k}"
+            pred_path = out / "predictions" / prediction_name(task.cache.path.stem, point, pooling, label)
+            write_predictions(pred_path, _predictions(task, oof[k], finite))
+            results.append(_summarise(task, point, pooling, label, oof[k], shuffled[k] if shuffled else None,
+                                      finite, {**hyper, **({"k": k} if k else {})}, replicates=replicates,
+                                      seconds=time.perf_counter() - start, predictions=str(pred_path),
+                                      permuted=(permuted, permuted_oof[k]) if permuted is not None else None))
     return results
 
 
