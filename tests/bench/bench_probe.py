@@ -20,7 +20,9 @@ predictions written, the default permutation refits; `ours_plain_bootstrap_s` th
 `permutation_cost` the ratio: what the intervals' design effect costs), in the library's default worker processes
 (`--workers 1`: all in this process). Both start after their imports (a first untimed run of each on a small cache
 loads what they import on first use). `linear_accuracy_delta_max` / `_mean`: |ours - plain| linear accuracy over the
-points; `--plain-scoring balanced_accuracy` has the plain loop choose C on the score ours chooses it on.
+points. `--match-protocol` has both choose C alike (the plain loop on inner balanced accuracy, the score ours uses;
+ours over the plain loop's grid, 1e-4 ... 1e4, walked in full), which separates the solvers' agreement from the two
+protocols' different choices of C.
 
 `--solvers` times the three logistic solvers (`logistic_path_newton`, SciPy's `logistic_path_cpu`, torch's
 `logistic_path`) on one fold's permutation refits: 20 permuted label vectors (the default) over 384 x `--dim` (64)
@@ -29,7 +31,7 @@ JSON line per C with seconds and the mean objective per refit.
 
     python tests/bench/bench_probe.py [--layers 13] [--n 5000]
     python tests/bench/bench_probe.py --sweep [--sizes 100,300,1000,5000,20000] [--dim 64] [--layers 4] [--workers N]
-                                              [--plain-scoring balanced_accuracy]
+                                              [--match-protocol]
     python tests/bench/bench_probe.py --solvers [--dim 64]
 """
 
@@ -67,10 +69,10 @@ def make_cache(path: Path, *, n: int, d: int, layers: int, seed: int = 0, per_pa
     return names
 
 
-def ours(path: Path, out: Path, controls: bool, permutations: int | None = None,
-         workers: int | None = None) -> tuple[float, dict]:
+def ours(path: Path, out: Path, controls: bool, permutations: int | None = None, workers: int | None = None,
+         linear: str = "linear") -> tuple[float, dict]:
     """`probe` as a user runs it (the library's default permutation refits and worker processes unless
-    `permutations` or `workers` is given)."""
+    `permutations` or `workers` is given; `linear` names the registered linear probe)."""
     from medfrag_probe._log import set_quiet
     from medfrag_probe.probes import probe
 
@@ -79,10 +81,23 @@ def ours(path: Path, out: Path, controls: bool, permutations: int | None = None,
     options = {} if permutations is None else {"permutations": permutations}
     if workers is not None:
         options["workers"] = workers
-    results = probe([path], probes="linear,knn", out=out, controls=controls, figures=False, replicates=1000,
+    results = probe([path], probes=f"{linear},knn", out=out, controls=controls, figures=False, replicates=1000,
                     **options)
     seconds = time.perf_counter() - start
-    return seconds, {(r.point, r.pooling, r.probe): r.accuracy for r in results}
+    return seconds, {(r.point, r.pooling, "linear" if r.probe == linear else r.probe): r.accuracy for r in results}
+
+
+MATCHED = "linear-matched"  # `--match-protocol`: our linear probe choosing C as the plain loop does
+
+
+def match_protocol() -> str:
+    """Register `MATCHED`: LinearProbe on the plain loop's grid (LogisticRegressionCV(Cs=8): 1e-4 ... 1e4), walked
+    in full; the plain loop then scores C on balanced accuracy, as ours does. Returns the plain loop's scoring."""
+    from medfrag_probe.probes.estimators import PROBES, LinearProbe
+
+    PROBES[MATCHED] = lambda *, device="cpu", seed=0: LinearProbe(Cs=tuple(np.logspace(-4, 4, 8)), patience=None,
+                                                                  device=device, random_state=seed)
+    return "balanced_accuracy"
 
 
 def sklearn_loop(path: Path, models) -> tuple[float, dict]:
@@ -138,9 +153,9 @@ def plain_loop(path: Path, scoring: str | None = None) -> tuple[float, dict]:
     return sklearn_loop(path, models)
 
 
-def sweep(sizes: list[int], *, dim: int, layers: int = 4, workers: int | None = None,
-          scoring: str | None = None) -> None:
+def sweep(sizes: list[int], *, dim: int, layers: int = 4, workers: int | None = None, matched: bool = False) -> None:
     """One JSON line per size: ours vs the plain loop, same machine, same run; then a summary line."""
+    scoring, linear_probe = (match_protocol(), MATCHED) if matched else (None, "linear")
     with tempfile.TemporaryDirectory() as tmp:  # both sides once, untimed: the modules they import on first use
         make_cache(Path(tmp) / "warm.h5", n=100, d=dim, layers=1, per_patient=5, seed=1)
         ours(Path(tmp) / "warm.h5", Path(tmp) / "ours", controls=False)
@@ -151,8 +166,9 @@ def sweep(sizes: list[int], *, dim: int, layers: int = 4, workers: int | None = 
             root = Path(tmp)
             path = root / "bench.h5"
             make_cache(path, n=n, d=dim, layers=layers, per_patient=5, seed=n)
-            t_ours, acc_ours = ours(path, root / "ours", controls=False, workers=workers)
-            t_bootstrap, _ = ours(path, root / "ours0", controls=False, permutations=0, workers=workers)
+            t_ours, acc_ours = ours(path, root / "ours", controls=False, workers=workers, linear=linear_probe)
+            t_bootstrap, _ = ours(path, root / "ours0", controls=False, permutations=0, workers=workers,
+                                  linear=linear_probe)
             t_plain, acc_plain = plain_loop(path, scoring)
         linear = [abs(acc_ours[k] - acc_plain[k]) for k in acc_plain if k[2] == "linear"]
         row = {"n": n, "dim": dim, "points": 2 * layers, "ours_s": round(t_ours, 2), "plain_s": round(t_plain, 2),
@@ -224,8 +240,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,300,1000,5000,20000")
     parser.add_argument("--workers", type=int, default=None,
                         help="`probe`'s worker processes in the sweep (default: the library's choice)")
-    parser.add_argument("--plain-scoring", default=None,
-                        help="the plain loop's inner C score in the sweep (default: accuracy; e.g. balanced_accuracy)")
+    parser.add_argument("--match-protocol", action="store_true",
+                        help="the sweep's two sides choose C alike: the plain loop on inner balanced accuracy, ours "
+                             "over the plain loop's grid (1e-4 ... 1e4) walked in full")
     parser.add_argument("--solvers", action="store_true", help="time the three logistic solvers on permutation refits")
     args = parser.parse_args()
     if args.solvers:
@@ -233,7 +250,7 @@ def main() -> None:
         return
     if args.sweep:
         sweep([int(v) for v in args.sizes.split(",")], dim=args.dim or 64, layers=min(args.layers, 4),
-              workers=args.workers, scoring=args.plain_scoring)
+              workers=args.workers, matched=args.match_protocol)
         return
     args.dim = args.dim or 768
     with tempfile.TemporaryDirectory() as tmp:
