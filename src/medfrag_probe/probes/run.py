@@ -149,18 +149,23 @@ def _workers(requested: int | None, device: str, jobs: list) -> int:
         return 1
     if requested is None:
         task = jobs[0][0]
-        widest = max(int(np.prod(task.cache.datasets[(point, pooling)][1:])) for _, point, pooling, _ in jobs)
+        widest = max(_width(*job[:3]) for job in jobs)
         if len(task.rows) * widest * 4 * max(len(task.names) - 1, 1) >= SMALL_WORK:
             return 1  # fits this large run on every core themselves (torch's and the BLAS's threads)
         requested = min(usable_cores(), torch.get_num_threads())
     return min(requested, len(jobs))
 
 
+def _width(task: _Task, point: str, pooling: str) -> int:
+    """Features per row of one (point, pooling)."""
+    return int(np.prod(task.cache.datasets[(point, pooling)][1:]))
+
+
 def _run_jobs(jobs: list, options: dict, workers: int):
     """(index, results) of each (task, point, pooling, probe) job as it finishes: in this process, or in `workers`
-    forked processes of one thread each (kNN-type probes, the quick ones, queued last). Fork, not spawn: a worker
-    starts in milliseconds with everything imported, where a spawned one spends seconds importing torch. The
-    results come back as their JSON records."""
+    forked processes of one thread each (the widest points first; kNN-type probes, the quick ones, last). Fork, not
+    spawn: a worker starts in milliseconds with everything imported, where a spawned one spends seconds importing
+    torch. The results come back as their JSON records."""
     if workers <= 1:
         for index, job in enumerate(jobs):
             yield index, _run_one(*job, **options)
@@ -171,7 +176,7 @@ def _run_jobs(jobs: list, options: dict, workers: int):
 
     _FORKED.update(jobs=jobs, options=options)
     quick = {name: PROBES[name](device="cpu").sweeps_k for *_, name in jobs}  # kNN-type: one search answers all k
-    order = sorted(range(len(jobs)), key=lambda i: quick[jobs[i][3]])
+    order = sorted(range(len(jobs)), key=lambda i: (quick[jobs[i][3]], -_width(*jobs[i][:3])))  # longest first
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_start_worker) as pool:
