@@ -669,7 +669,7 @@ def test_clustered_auroc_variance_matches_the_patient_bootstrap(classes, per):
 
 
 def _forked_run_cache(tmp_path):
-    """Three points (one all-NaN) x 2 poolings of grouped 3-class data: six jobs per probe."""
+    """Two points x 2 poolings of grouped 3-class data, plus an all-NaN point: five jobs per probe."""
     rng = np.random.default_rng(5)
     y = np.repeat(rng.integers(0, 3, 50), 4)
     groups = np.repeat([f"p{i}" for i in range(50)], 4)

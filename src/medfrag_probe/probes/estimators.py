@@ -30,6 +30,12 @@ SCIPY_WORK = 2_000_000  # ... below which SciPy's L-BFGS-B on NumPy beats torch'
 NEWTON_PARAMS = 520  # parameters per problem, (features + 1) x logit columns, up to which CPU solves use Newton
 
 
+def solve_work(rows: int, features: int, problems: int, n_classes: int) -> int:
+    """The size of a batched logistic solve, rows x features x problems x logit columns, that `SMALL_WORK` and
+    `SCIPY_WORK` are measured in."""
+    return rows * features * problems * max(n_classes - 1, 1)
+
+
 @contextlib.contextmanager
 def cpu_threads(device: torch.device, work: float):
     """Run small CPU solves on one torch thread and one BLAS thread (NumPy's, through threadpoolctl). Their matrix
@@ -106,7 +112,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Xt, yt = torch.from_numpy(Xn).to(dev), torch.from_numpy(yn).to(dev)
         scales = torch.from_numpy(self._penalty_scales(X, masks)).to(dev)
         path, scores = [], []
-        work = Xt.shape[0] * Xt.shape[1] * len(masks) * max(len(self.classes_) - 1, 1)
+        work = solve_work(*Xt.shape, len(masks), len(self.classes_))
         solve = _solver(dev, work, X.shape[1], len(self.classes_))
         with cpu_threads(dev, work):
             for W, b in solve(Xt, yt.long(), torch.from_numpy(masks).to(dev), Cs, n_classes=len(self.classes_),
@@ -163,7 +169,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         dev = resolve_device(self.device)
         Xt = torch.from_numpy((X - self.mean_) / self.scale_).to(dev)
         masks = torch.ones(len(codes), len(X), device=dev)
-        work = Xt.shape[0] * Xt.shape[1] * len(codes) * max(n_classes - 1, 1)
+        work = solve_work(*Xt.shape, len(codes), n_classes)
         with cpu_threads(dev, work):
             solve = _solver(dev, work, X.shape[1], n_classes)
             W, b = next(iter(solve(Xt, torch.from_numpy(np.asarray(codes)).long().to(dev), masks, [self.C_],

@@ -30,7 +30,7 @@ from ..devices import resolve_device, usable_cores
 from ..errors import UserError, option
 from ..points import point_order
 from ..stats import PERMUTATIONS
-from .estimators import PROBES, SMALL_WORK, cpu_threads, inner_folds
+from .estimators import PROBES, SMALL_WORK, cpu_threads, inner_folds, solve_work
 from .metrics import (
     PERMUTATION_REPLICATES,
     bootstrap_scores,
@@ -150,7 +150,7 @@ def _workers(requested: int | None, device: str, jobs: list) -> int:
     if requested is None:
         task = jobs[0][0]
         widest = max(_width(*job[:3]) for job in jobs)
-        if len(task.rows) * widest * 4 * max(len(task.names) - 1, 1) >= SMALL_WORK:
+        if solve_work(len(task.rows), widest, 4, len(task.names)) >= SMALL_WORK:  # 3 inner folds + refit
             return 1  # fits this large run on every core themselves (torch's and the BLAS's threads)
         requested = min(usable_cores(), torch.get_num_threads())
     return min(requested, len(jobs))
